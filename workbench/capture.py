@@ -1,0 +1,123 @@
+"""Capture activations with nnsight tracing, streaming them into an activation store.
+
+One traced forward pass reads every requested hook point and stops right after the deepest
+one, so capturing ``blocks.15.hook_mlp_out`` costs half a forward pass of a 30-layer model.
+This module and the intervention modules are the only places that open ``model.nn.trace()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from workbench.hookpoints import HookPoint
+from workbench.models import Model
+from workbench.store import ActivationStore, ActivationWriter
+
+
+def unwrap(value):
+    """The hidden-state tensor of a module's input or output (blocks of some models return tuples)."""
+    while isinstance(value, (tuple, list)):
+        value = value[0]
+    return value
+
+
+def ordered(model: Model, names: list[str]) -> list[HookPoint]:
+    """Resolve ``names`` and sort them in forward order (nnsight reads values in the order they occur)."""
+    points = [model.hookpoint(name) for name in dict.fromkeys(names)]
+    return sorted(points, key=lambda point: point.order)
+
+
+@torch.inference_mode()
+def run_to(
+    model: Model,
+    names: list[str],
+    input_ids: Int[Tensor, "batch seq"],
+    attention_mask: Int[Tensor, "batch seq"] | None = None,
+) -> dict[str, Float[Tensor, "batch seq d"]]:
+    """Run the model up to the deepest of ``names`` and return each hook point's activation."""
+    points = ordered(model, names)
+    inputs = {"input_ids": input_ids.to(model.device)}
+    if attention_mask is not None:
+        inputs["attention_mask"] = attention_mask.to(model.device)
+    saved = {}
+    with model.nn.trace(inputs) as tracer:
+        for point in points:
+            saved[point.name] = model.nn.get(f"{point.module}.{point.io}").save()
+        tracer.stop()
+    return {name: unwrap(value) for name, value in saved.items()}
+
+
+def capture(
+    model: Model,
+    hookpoints: list[str],
+    contexts: Int[Tensor, "n_contexts ctx_len"],
+    out: str | Path,
+    *,
+    batch_size: int = 32,
+    drop_bos: bool = True,
+    attention_mask: Int[Tensor, "n_contexts ctx_len"] | None = None,
+    dtype: torch.dtype = torch.float32,
+    contexts_per_shard: int = 256,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Capture ``hookpoints`` over ``contexts`` into an activation store at ``out``.
+
+    Rows are (context, position) pairs in context order; position 0 is dropped when it holds
+    the model's BOS token (``drop_bos``) and positions where ``attention_mask`` is 0 always are.
+    An existing store at ``out`` made with the same settings is resumed from its last
+    committed shard; the result is identical to an uninterrupted capture.
+    """
+    if contexts.ndim != 2 or len(contexts) == 0:
+        raise ValueError(f"contexts must be a non-empty [n_contexts, ctx_len] tensor of token ids, got shape {tuple(contexts.shape)}")
+    if contexts_per_shard % batch_size:
+        raise ValueError(f"contexts_per_shard ({contexts_per_shard}) must be a multiple of batch_size ({batch_size}) so a resumed capture batches exactly like an uninterrupted one")
+    points = ordered(model, hookpoints)
+    n_contexts, ctx_len = contexts.shape
+    meta = {
+        "model": model.name,
+        "n_contexts": n_contexts,
+        "drop_bos": drop_bos,
+        "bos_token_id": model.bos_token_id,
+        **(meta or {}),
+    }
+    writer = ActivationWriter(
+        out,
+        hookpoints={point.name: point.width for point in points},
+        dtype=dtype,
+        ctx_len=ctx_len,
+        meta=meta,
+        contexts_per_shard=contexts_per_shard,
+    )
+    names = [point.name for point in points]
+    start = writer.contexts_done
+    positions = torch.arange(ctx_len).expand(n_contexts, ctx_len)
+    keep_all = torch.ones_like(contexts, dtype=torch.bool)
+    if attention_mask is not None:
+        keep_all &= attention_mask.bool()
+    if drop_bos:
+        keep_all[:, 0] &= contexts[:, 0] != model.bos_token_id
+    bar = tqdm(total=n_contexts * ctx_len, initial=start * ctx_len, unit="tok", unit_scale=True, desc="capture", disable=not progress)
+    with bar:
+        for first in range(start, n_contexts, batch_size):
+            stop = min(first + batch_size, n_contexts)
+            ids = contexts[first:stop]
+            mask = None if attention_mask is None else attention_mask[first:stop]
+            acts = run_to(model, names, ids, mask)
+            keep = keep_all[first:stop]  # (B, T)
+            rows = torch.arange(first, stop).unsqueeze(1).expand_as(ids)
+            writer.add(
+                {name: value[keep.to(value.device)].to("cpu", dtype) for name, value in acts.items()},
+                tokens=ids[keep],
+                context=rows[keep],
+                position=positions[first:stop][keep],
+                context_tokens=ids,
+                first_context=first,
+            )
+            bar.update((stop - first) * ctx_len)
+    return writer.close()
