@@ -7,7 +7,9 @@ This module and the intervention modules are the only places that open ``model.n
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -15,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.hookpoints import HookPoint
-from workbench.models import Model
+from workbench.models import Model, load_model
 from workbench.store import ActivationStore, ActivationWriter
 
 
@@ -121,3 +123,56 @@ def capture(
             )
             bar.update((stop - first) * ctx_len)
     return writer.close()
+
+
+@dataclass
+class CaptureConfig:
+    """What ``workbench capture`` does: run a model over a corpus and store activations."""
+
+    out: str
+    """Folder of the activation store (resumed if it holds a partial capture with these settings)."""
+    hookpoint: list[str] = field(default_factory=lambda: ["blocks.15.hook_mlp_out"])
+    """Hook points to capture in one pass, e.g. blocks.15.hook_mlp_out (repeat the flag for several)."""
+    model: str = "smollm2-135m"
+    """Embedded model name, local folder or Hugging Face id."""
+    tokens: int = 100_000
+    """Number of activation rows (tokens) to capture."""
+    corpus: str = "python-stdlib"
+    """Embedded corpus name, local .txt/.jsonl file or folder, or Hugging Face dataset name."""
+    split: Literal["train", "test", "all"] = "train"
+    """Document split of the corpus (test is a held-out ~5% of documents)."""
+    ctx_len: int = 128
+    """Tokens per context, BOS included."""
+    batch_size: int = 32
+    """Contexts per forward pass."""
+    seed: int = 0
+    """Seed of the document order."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Storage dtype of the activations."""
+    device: str = "cpu"
+    """Torch device of the model, e.g. cpu or cuda."""
+    drop_bos: bool = True
+    """Leave out the BOS position of every context (its activations are outliers)."""
+    contexts_per_shard: int = 256
+    """Contexts per store shard (a multiple of batch_size)."""
+
+    def __post_init__(self) -> None:
+        if self.tokens <= 0 or self.ctx_len < 2 or self.batch_size <= 0:
+            raise ValueError("tokens and batch_size must be positive and ctx_len at least 2")
+        if not self.hookpoint:
+            raise ValueError("give at least one hook point")
+
+
+def capture_corpus(cfg: CaptureConfig, *, model: Model | None = None, progress: bool = True) -> ActivationStore:
+    """Load the model (unless given) and corpus of ``cfg`` and capture into ``cfg.out``."""
+    from workbench.data import describe_source, token_contexts
+
+    model = model or load_model(cfg.model, device=cfg.device)
+    per_context = cfg.ctx_len - 1 if cfg.drop_bos else cfg.ctx_len
+    n_contexts = -(-cfg.tokens // per_context)
+    contexts = token_contexts(model.tokenizer, cfg.corpus, n_contexts=n_contexts, ctx_len=cfg.ctx_len, seed=cfg.seed,
+                              split=cfg.split, bos_token_id=model.bos_token_id, progress=progress)
+    meta = {"corpus": describe_source(cfg.corpus), "split": cfg.split, "seed": cfg.seed}
+    return capture(model, cfg.hookpoint, contexts, cfg.out, batch_size=cfg.batch_size, drop_bos=cfg.drop_bos,
+                   dtype=getattr(torch, cfg.dtype), contexts_per_shard=cfg.contexts_per_shard, meta=meta,
+                   progress=progress)

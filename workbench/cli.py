@@ -1,0 +1,121 @@
+"""The ``workbench`` command. Each subcommand parses the same dataclass its Python function takes."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import sys
+import textwrap
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = ()) -> None:
+    """One option per field of ``cls``: its type, default, choices and help come from the dataclass."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        kwargs: dict[str, Any] = {"help": docs.get(f.name, "").replace("%", "%%")}
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if not required:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kwargs["default"] = default
+            kwargs["help"] += f" (default: {default})"
+        args = get_args(kind)
+        if get_origin(kind) is typing.Union and type(None) in args:  # Optional[X]
+            kind = next(a for a in args if a is not type(None))
+            args = get_args(kind)
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(kind) is Literal:
+            kwargs["choices"], kwargs["type"] = list(args), type(args[0])
+        elif get_origin(kind) is list:
+            kwargs["action"], kwargs["type"] = "append", args[0]
+            if not required:
+                kwargs["default"] = None  # append to an empty list; the dataclass default applies if unset
+        else:
+            kwargs["type"] = kind
+        if f.name in positional:
+            kwargs.pop("default", None)
+            parser.add_argument(f.name, **kwargs)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, required=required, **kwargs)
+
+
+def build_dataclass(cls: type, namespace: argparse.Namespace):
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in values.items() if value is not None})
+
+
+def _hookpoints(args: argparse.Namespace) -> None:
+    from workbench.models import load_model
+
+    model = load_model(args.model)
+    print(f"{'hook point':<28} {'width':>6}  module")
+    for point in model.hookpoints():
+        print(f"{point.name:<28} {point.width:>6}  {point.module}.{point.io}")
+
+
+def _capture(args: argparse.Namespace) -> None:
+    from workbench.capture import CaptureConfig, capture_corpus
+
+    cfg = build_dataclass(CaptureConfig, args)
+    store = capture_corpus(cfg)
+    print(json.dumps({"out": str(store.path), "rows": store.n_rows, "contexts": store.n_contexts,
+                      "hookpoints": store.hookpoints}))
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from workbench.models import load_model
+
+    model = load_model(args.model)
+    print(f"{model.name}: {model.n_layers} layers, d_model {model.d_model}, ready")
+
+
+def parser() -> argparse.ArgumentParser:
+    from workbench.capture import CaptureConfig
+
+    main = argparse.ArgumentParser(prog="workbench", description="Sparse-autoencoder workbench for language models.")
+    commands = main.add_subparsers(dest="command", required=True)
+
+    sub = commands.add_parser("prepare", help="load a model once (the embedded one is de-quantised and cached)")
+    sub.add_argument("--model", default="smollm2-135m")
+    sub.set_defaults(run=_prepare)
+
+    sub = commands.add_parser("hookpoints", help="list a model's hook points with their widths")
+    sub.add_argument("--model", default="smollm2-135m")
+    sub.set_defaults(run=_hookpoints)
+
+    sub = commands.add_parser("capture", help="capture activations into a store", description=CaptureConfig.__doc__)
+    add_dataclass_arguments(sub, CaptureConfig)
+    sub.set_defaults(run=_capture)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, KeyError, OSError) as error:  # our errors say what to do; no traceback for them
+        print(f"workbench {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
