@@ -26,7 +26,7 @@ run: setup
 	mkdir -p $(BUILD)/notebooks
 	$(BIN)/papermill notebooks/$(NOTEBOOK).ipynb $(BUILD)/notebooks/$(NOTEBOOK).ipynb -k python3 \
 		-p out_dir $(BUILD)/$(NOTEBOOK) -p results_path $(BUILD)/$(NOTEBOOK)/results.json
-	$(BIN)/jupyter nbconvert --to html $(BUILD)/notebooks/$(NOTEBOOK).ipynb
+	$(BIN)/jupyter nbconvert --to html --ClearMetadataPreprocessor.enabled=True $(BUILD)/notebooks/$(NOTEBOOK).ipynb
 	@echo "executed notebook and HTML: $(BUILD)/notebooks/$(NOTEBOOK).ipynb, $(BUILD)/notebooks/$(NOTEBOOK).html"
 
 test: setup

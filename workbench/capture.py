@@ -7,6 +7,8 @@ This module and the intervention modules are the only places that open ``model.n
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +21,9 @@ from tqdm.auto import tqdm
 from workbench.hookpoints import HookPoint
 from workbench.models import Model, load_model
 from workbench.store import ActivationStore, ActivationWriter
+
+
+_DELAY = float(os.environ.get("WORKBENCH_CAPTURE_DELAY", "0"))
 
 
 def unwrap(value):
@@ -122,6 +127,8 @@ def capture(
                 first_context=first,
             )
             bar.update((stop - first) * ctx_len)
+            if _DELAY:  # tests slow a capture down to kill it mid-run
+                time.sleep(_DELAY)
     return writer.close()
 
 
