@@ -395,7 +395,9 @@ def test_save_load_round_trip(tmp_path, name):
     loaded = SAE.load(path)
     assert_same_sae(sae, loaded, torch.randn(16, D_IN))
     cfg = json.loads((path / "cfg.json").read_text())
-    saelens_arch = {"relu": "standard", "relu_april": "standard", "batchtopk": "jumprelu"}.get(name, SPECS[name]["architecture"])
+    saelens_arch = {"relu": "standard", "relu_april": "standard", "batchtopk": "jumprelu"}.get(
+        name, SPECS[name]["architecture"]
+    )
     assert cfg["architecture"] == saelens_arch
     assert cfg["workbench"]["architecture"] == SPECS[name]["architecture"]
     assert cfg["normalize_activations"] == "none" and cfg["apply_b_dec_to_input"] == sae.apply_b_dec_to_input
@@ -459,12 +461,18 @@ def test_load_errors(tmp_path, monkeypatch):
         SAE.load(folder("garbage", json.dumps(cfg), (20).to_bytes(8, "little") + b"\xff" * 40))
 
     wrong = {**cfg, "workbench": {**cfg["workbench"], "d_sae": D_SAE - 4}}
-    with pytest.raises(SAEFormatError, match=r"W_enc has shape \(8, 24\) but the cfg \(d_in=8, d_sae=20\) needs \(8, 20\)"):
+    with pytest.raises(
+        SAEFormatError, match=r"W_enc has shape \(8, 24\) but the cfg \(d_in=8, d_sae=20\) needs \(8, 20\)"
+    ):
         SAE.load(folder("shapes", json.dumps(wrong), weights))
     with pytest.raises(SAEFormatError, match="unknown architecture 'sparse'; known: .*relu, topk, batchtopk"):
-        SAE.load(folder("arch_wb", json.dumps({**cfg, "workbench": {**cfg["workbench"], "architecture": "sparse"}}), weights))
+        SAE.load(
+            folder("arch_wb", json.dumps({**cfg, "workbench": {**cfg["workbench"], "architecture": "sparse"}}), weights)
+        )
     plain = {k: v for k, v in cfg.items() if k != "workbench"}
-    with pytest.raises(SAEFormatError, match="unknown architecture 'matryoshka'; known: standard, topk, jumprelu, gated"):
+    with pytest.raises(
+        SAEFormatError, match="unknown architecture 'matryoshka'; known: standard, topk, jumprelu, gated"
+    ):
         SAE.load(folder("arch_sl", json.dumps({**plain, "architecture": "matryoshka"}), weights))
     with pytest.raises(SAEFormatError, match="unknown workbench config keys"):
         SAE.load(folder("keys", json.dumps({**cfg, "workbench": {**cfg["workbench"], "colour": 1}}), weights))
@@ -517,7 +525,9 @@ def test_load_pre_6_saelens_cfg(tmp_path):
     assert sae.cfg.hook_name == "blocks.8.hook_resid_pre" and sae.cfg.model_name == "gpt2-small"
     assert sae.cfg.device == "cpu" and sae.cfg.l1_coefficient == 8e-05
     x = torch.randn(5, D_IN)
-    expected = torch.relu((x - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"]) @ tensors["W_dec"] + tensors["b_dec"]
+    expected = (
+        torch.relu((x - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"]) @ tensors["W_dec"] + tensors["b_dec"]
+    )
     torch.testing.assert_close(sae(x).x_hat, expected)
     write_saelens_folder(tmp_path / "scaled", cfg, {**tensors, "scaling_factor": torch.full((D_SAE,), 2.0)})
     with pytest.raises(SAEFormatError, match="scaling_factor"):
@@ -610,7 +620,8 @@ def test_sae_lens_reads_the_pre_6_cfg_as_workbench_does(tmp_path):
     tensors = {"W_enc": torch.randn(D_IN, D_SAE, generator=g), "b_enc": torch.randn(D_SAE, generator=g),
                "W_dec": torch.randn(D_SAE, D_IN, generator=g), "b_dec": torch.randn(D_IN, generator=g)}  # fmt: skip
     cfg = {"model_name": "gpt2-small", "hook_point": "blocks.8.hook_resid_pre", "d_in": D_IN, "d_sae": D_SAE,
-           "dtype": "torch.float32", "device": "cpu", "activation_fn": "relu", "normalize_activations": False}  # fmt: skip
+           "dtype": "torch.float32", "device": "cpu", "activation_fn": "relu",
+           "normalize_activations": False}  # fmt: skip
     write_saelens_folder(tmp_path / "old", cfg, tensors)
     x = torch.randn(16, D_IN, generator=g)
     with torch.no_grad():
@@ -625,8 +636,15 @@ RECOVERY = {  # name: (config overrides, learning rate)
     "relu_april": ({"architecture": "relu", "relu_variant": "april_update", "l1_coefficient": 0.3}, 1e-2),
     "topk": ({"architecture": "topk", "k": 3}, 1e-2),
     "batchtopk": ({"architecture": "batchtopk", "k": 3}, 1e-2),
-    "jumprelu": ({"architecture": "jumprelu", "l1_coefficient": 0.05, "jumprelu_bandwidth": 0.05,
-                  "jumprelu_init_threshold": 0.05}, 1e-2),  # fmt: skip
+    "jumprelu": (
+        {
+            "architecture": "jumprelu",
+            "l1_coefficient": 0.05,
+            "jumprelu_bandwidth": 0.05,
+            "jumprelu_init_threshold": 0.05,
+        },
+        1e-2,
+    ),  # fmt: skip
     "gated": ({"architecture": "gated", "l1_coefficient": 1.0}, 1e-2),
     "topafa": ({"architecture": "topafa"}, 1e-2),
 }

@@ -16,8 +16,8 @@ Every SAE shares the SAELens vocabulary and orientation:
 ``jumprelu``   Rajamanoharan et al. 2024 (DeepMind): per-feature threshold ``exp(log_threshold)``,
                rectangle-kernel straight-through estimators, L0 penalty, unit-norm decoder.
 ``gated``      Rajamanoharan et al. 2024: gate and magnitude paths sharing ``W_enc``
-               (``r_mag``, ``b_gate``, ``b_mag``), decoder-norm-weighted L1 on ``ReLU(pi_gate)``
-               and an auxiliary reconstruction through a frozen decoder.
+               (``r_mag``, ``b_gate``, ``b_mag``), decoder-norm-weighted L1 on ``ReLU(pi_gate)``,
+               an auxiliary reconstruction through a frozen decoder, unit-norm decoder.
 ``topafa``     Lee et al. 2025 (arXiv 2503.24277): per token, keep the features whose
                cumulative root-sum-square of ``(f_i ||W_dec_i||)^2`` lands closest to
                ``||x - b_dec||``; loss adds ``(||f||_2 - ||x||_2)^2`` and AuxK.
@@ -162,7 +162,9 @@ class SAEConfig:
             raise ValueError(f"unknown relu_variant {self.relu_variant!r}; known: {', '.join(RELU_VARIANTS)}")
         if self.apply_b_dec_to_input is not None and not isinstance(self.apply_b_dec_to_input, bool):
             raise ValueError(f"apply_b_dec_to_input must be a bool or None, got {self.apply_b_dec_to_input!r}")
-        if self.aux_k is not None and (isinstance(self.aux_k, bool) or not isinstance(self.aux_k, int) or self.aux_k < 1):
+        if self.aux_k is not None and (
+            isinstance(self.aux_k, bool) or not isinstance(self.aux_k, int) or self.aux_k < 1
+        ):
             raise ValueError(f"aux_k must be None or a positive int, got {self.aux_k!r}")
         for name in ("l1_coefficient", "aux_coefficient", "afa_coefficient"):
             value = getattr(self, name)
@@ -226,8 +228,9 @@ class TrainOutput(NamedTuple):
 class SAE(nn.Module):
     """Base sparse autoencoder. Build one with ``SAE.from_config(cfg)`` or ``SAE.load(path)``.
 
-    Subclasses set ``loss_terms`` and implement ``encode`` and ``training_forward``; the base
-    provides decoding, the decoder-norm constraint, scale folding and the folder format.
+    Subclasses set ``architecture`` and ``loss_terms`` and implement ``_encode`` and
+    ``_training_forward``; the base provides input checks, decoding, the decoder-norm
+    constraint, scale folding and the folder format.
     """
 
     architecture: ClassVar[str] = ""
@@ -242,7 +245,9 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         if cfg.architecture != self.architecture:
-            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, got {cfg.architecture!r}")
+            raise ValueError(
+                f"{type(self).__name__} needs architecture {self.architecture!r}, got {cfg.architecture!r}"
+            )
         self.cfg = cfg
         kw = {"dtype": DTYPES[cfg.dtype], "device": cfg.device}
         # Random directions for the decoder rows, the encoder its transpose (Gao et al.;
@@ -268,14 +273,14 @@ class SAE(nn.Module):
         """Whether training keeps the decoder rows at unit norm (see ``constrain_weights``)."""
         return True
 
+    _default_apply_b_dec: ClassVar[bool] = True
+
     @property
     def apply_b_dec_to_input(self) -> bool:
         """Whether ``b_dec`` is subtracted from the input before encoding."""
         if self.cfg.apply_b_dec_to_input is not None:
             return self.cfg.apply_b_dec_to_input
         return self._default_apply_b_dec
-
-    _default_apply_b_dec: ClassVar[bool] = True
 
     # -- forward --
     def _sae_in(self, x: Tensor) -> Tensor:
@@ -340,20 +345,14 @@ class SAE(nn.Module):
         """AuxK (Gao et al. 2024; as in sparsify and SAELens): the top ``aux_k`` dead latents
         reconstruct the residual ``x - x_hat``, without ``b_dec``; scaled by
         ``min(n_dead / aux_k, 1)`` and ``aux_coefficient``, in the units of ``mse``."""
-        selection = self._aux_selection(pre, dead_mask)
-        if selection is None:
-            return x_hat.new_zeros(())
-        aux_acts, aux_idx, scale = selection
-        return self._auxk_from_selection(aux_acts, aux_idx, scale, x, x_hat)
-
-    def _aux_selection(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, Tensor, float] | None:
         dead_idx, k_aux, scale = self._aux_plan(dead_mask)
         if dead_idx is None:
-            return None
+            return x_hat.new_zeros(())
         vals, local = pre.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
-        return vals.clamp_min(0), dead_idx[local], scale
+        return self._auxk_from_selection(vals.clamp_min(0), dead_idx[local], scale, x, x_hat)
 
     def _aux_plan(self, dead_mask: Tensor | None) -> tuple[Tensor | None, int, float]:
+        """Dead latent indices, how many of them AuxK uses per token, and the loss scale."""
         if dead_mask is None:
             return None, 0, 0.0
         dead_idx = dead_mask.to(self.W_dec.device).nonzero().squeeze(1)
@@ -443,7 +442,9 @@ class SAE(nn.Module):
                 raise FileExistsError(f"{path} exists and is not a folder")
             others = sorted(p.name for p in path.iterdir() if p.name not in (CFG_FILENAME, WEIGHTS_FILENAME))
             if others:
-                raise FileExistsError(f"{path} holds files other than a saved SAE ({', '.join(others)}); not overwriting")
+                raise FileExistsError(
+                    f"{path} holds files other than a saved SAE ({', '.join(others)}); not overwriting"
+                )
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self._saelens_tensors().items()}
         cfg = {
             "architecture": self._saelens_architecture(),
@@ -588,7 +589,9 @@ def _bags(idx: Int[Tensor, "batch n"], n_out: int) -> _Bags:
     return _Bags(order, order.div(width, rounding_mode="floor"), offsets)
 
 
-def _segment_sum(bags: _Bags, weights: Float[Tensor, "batch n"], rows: Float[Tensor, "batch d"]) -> Float[Tensor, "n_out d"]:
+def _segment_sum(
+    bags: _Bags, weights: Float[Tensor, "batch n"], rows: Float[Tensor, "batch d"]
+) -> Float[Tensor, "n_out d"]:
     """``out[m] = sum over (b, j) with idx[b, j] == m of weights[b, j] * rows[b]``, without a
     dense [batch, n_out] matrix: one weighted embedding bag per latent."""
     w = weights.reshape(-1)[bags.order].to(rows.dtype)
@@ -758,7 +761,9 @@ class BatchTopKSAE(SAE):
         cols = flat_idx - rows * self.cfg.d_sae
         counts = torch.bincount(rows, minlength=batch)
         offsets = counts.cumsum(0) - counts
-        x_hat = F.embedding_bag(cols, self.W_dec, offsets, mode="sum", per_sample_weights=top.values[order]) + self.b_dec
+        x_hat = (
+            F.embedding_bag(cols, self.W_dec, offsets, mode="sum", per_sample_weights=top.values[order]) + self.b_dec
+        )
         mse = self._mse(x_hat, x)
         auxk = self._auxk(pre, x, x_hat, dead_mask)
         with torch.no_grad():
@@ -883,7 +888,8 @@ class JumpReLUSAE(SAE):
 
     def _load_saelens_tensors(self, tensors: dict[str, Tensor]) -> None:
         tensors = dict(tensors)
-        threshold = tensors.pop("threshold")
+        # SAELens' JumpReLU is ReLU(pre) * (pre > threshold): a negative threshold acts as 0.
+        threshold = tensors.pop("threshold").clamp_min(0)
         super()._load_saelens_tensors(tensors)
         with torch.no_grad():
             self.log_threshold.copy_(threshold.log())
@@ -894,7 +900,12 @@ class GatedSAE(SAE):
     """Gated SAE (Rajamanoharan et al. 2024). ``pi_gate = sae_in @ W_enc + b_gate`` decides which
     features fire, ``pi_mag = sae_in @ (W_enc * exp(r_mag)) + b_mag`` how strongly. Loss: MSE,
     ``l1_coefficient * sum_i ReLU(pi_gate)_i ||W_dec_i||`` and the reconstruction of ``x`` from
-    ``ReLU(pi_gate)`` through a frozen (detached) decoder. Decoder norms are free; ``b_enc`` is None."""
+    ``ReLU(pi_gate)`` through a frozen (detached) decoder. ``b_enc`` is None (as in SAELens).
+
+    Decoder rows are kept at unit norm, as dictionary_learning's gated trainer does (SAELens
+    leaves them free and relies on the norm weighting alone; on the synthetic recovery
+    test that lets the gate drift until every feature fires). With unit rows the norm weighting
+    is 1, but it keeps the penalty right for a loaded SAE whose rows are not unit norm."""
 
     architecture = "gated"
     loss_terms = ("mse", "l1", "aux_recon")
@@ -999,7 +1010,9 @@ _CLASSES: dict[str, type[SAE]] = {
 }
 
 
-def _train_output(terms: dict[str, Tensor], x_hat: Tensor, feature_acts: Tensor, metrics: dict[str, Tensor]) -> TrainOutput:
+def _train_output(
+    terms: dict[str, Tensor], x_hat: Tensor, feature_acts: Tensor, metrics: dict[str, Tensor]
+) -> TrainOutput:
     loss = sum(terms.values())
     losses = {name: value.detach().float() for name, value in {**terms, **metrics}.items()}
     return TrainOutput(loss, x_hat.detach(), feature_acts.detach(), losses)  # type: ignore[arg-type]
@@ -1017,7 +1030,9 @@ def _read_safetensors(file: Path) -> dict[str, Tensor]:
             raise SAEFormatError(f"{file} is truncated: {size} bytes, not even a safetensors header length")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > size - 8:
-            raise SAEFormatError(f"{file} is truncated: its header claims {header_len} bytes, the file has {size - 8} after the length")
+            raise SAEFormatError(
+                f"{file} is truncated: its header claims {header_len} bytes, the file has {size - 8} after the length"
+            )
         try:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -1061,7 +1076,13 @@ def _cfg_from_json(raw: dict[str, Any], device: str, where: Path) -> SAEConfig:
     kwargs = raw.get("activation_fn_kwargs") or {}
     if arch == "standard" and activation == "topk" and kwargs.get("k") is not None:
         arch = "topk"
-    saelens_to_workbench = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated", "batchtopk": "batchtopk"}
+    saelens_to_workbench = {
+        "standard": "relu",
+        "topk": "topk",
+        "jumprelu": "jumprelu",
+        "gated": "gated",
+        "batchtopk": "batchtopk",
+    }
     if arch not in saelens_to_workbench:
         raise SAEFormatError(
             f"{where}: unknown architecture {arch!r}; known: {', '.join(saelens_to_workbench)} (SAELens) "
@@ -1106,9 +1127,11 @@ def _cfg_from_json(raw: dict[str, Any], device: str, where: Path) -> SAEConfig:
         cfg["k"] = k
     if arch == "batchtopk" and "topk_threshold_lr" in raw:
         cfg["batchtopk_threshold_lr"] = raw["topk_threshold_lr"]
-    for src, dst in (("l1_coefficient", "l1_coefficient"), ("l0_coefficient", "l1_coefficient"),
-                     ("jumprelu_bandwidth", "jumprelu_bandwidth"), ("jumprelu_init_threshold", "jumprelu_init_threshold"),
-                     ("aux_loss_coefficient", "aux_coefficient")):  # fmt: skip
+    # SAELens training settings that have a workbench counterpart.
+    renamed = {"l1_coefficient": "l1_coefficient", "l0_coefficient": "l1_coefficient",
+               "jumprelu_bandwidth": "jumprelu_bandwidth", "jumprelu_init_threshold": "jumprelu_init_threshold",
+               "aux_loss_coefficient": "aux_coefficient"}  # fmt: skip
+    for src, dst in renamed.items():
         if isinstance(raw.get(src), (int, float)) and not isinstance(raw.get(src), bool):
             cfg[dst] = raw[src]
     try:
@@ -1117,7 +1140,9 @@ def _cfg_from_json(raw: dict[str, Any], device: str, where: Path) -> SAEConfig:
         raise SAEFormatError(f"{where}: {e}") from e
 
 
-def _tensors_from_saelens(raw: dict[str, Any], cfg: SAEConfig, tensors: dict[str, Tensor], where: Path) -> dict[str, Tensor]:
+def _tensors_from_saelens(
+    raw: dict[str, Any], cfg: SAEConfig, tensors: dict[str, Tensor], where: Path
+) -> dict[str, Tensor]:
     """Map a SAELens state dict onto the names ``SAE._expected_shapes`` uses, folding what
     workbench does not model (decoder-norm rescaling, unit scaling factors, log thresholds)."""
     tensors = dict(tensors)
@@ -1129,7 +1154,11 @@ def _tensors_from_saelens(raw: dict[str, Any], cfg: SAEConfig, tensors: dict[str
         tensors["threshold"] = tensors.pop("log_threshold").exp()
     if "topk_threshold" in tensors and "threshold" not in tensors:  # SAELens batchtopk training checkpoint
         tensors["threshold"] = tensors.pop("topk_threshold").reshape(1).expand(cfg.d_sae).clone()
-    if "workbench" not in raw and raw.get("rescale_acts_by_decoder_norm") and {"W_enc", "b_enc", "W_dec"} <= set(tensors):
+    if (
+        "workbench" not in raw
+        and raw.get("rescale_acts_by_decoder_norm")
+        and {"W_enc", "b_enc", "W_dec"} <= set(tensors)
+    ):
         # SAELens trained with pre-acts scaled by decoder norms: fold the norms into the encoder
         # (as SAELens does when it saves an inference model), so the features are unchanged.
         norms = tensors["W_dec"].norm(dim=1)
