@@ -167,6 +167,7 @@ def test_topk_exact():
     torch.testing.assert_close(train.feature_acts, enc.feature_acts)
     torch.testing.assert_close(train.losses["mse"], torch.tensor(0.5))  # token 0 misses the -1
     torch.testing.assert_close(train.losses["l0"], torch.tensor(1.5))
+    assert train.fire_counts.tolist() == [2, 1, 0]  # counted from the indices, ReLU-zeroed excluded
     assert train.losses["auxk"] == 0
 
 
@@ -180,6 +181,8 @@ def test_batchtopk_exact_and_threshold():
     torch.testing.assert_close(out.feature_acts, t([5.0, 4.0], [0.0, 0.0]))
     torch.testing.assert_close(out.x_hat, t([5.0, 4.0], [0.0, 0.0]))
     torch.testing.assert_close(out.losses["l0"], torch.tensor(1.0))
+    torch.testing.assert_close(out.losses["l0_std"], torch.tensor(1.0))
+    assert out.fire_counts.tolist() == [1, 1]
     assert sae.threshold.item() == 4.0  # the first step sets it to the smallest kept
     sae.training_forward(t([2.0, 0.0], [0.0, 3.0]))
     assert sae.threshold.item() == pytest.approx(0.5 * 4.0 + 0.5 * 2.0)  # then a running mean
@@ -270,6 +273,9 @@ def test_shapes_and_training_outputs(name):
     torch.testing.assert_close(sum(train.losses[k] for k in type(sae).loss_terms), train.loss.detach())
     l0 = (train.feature_acts != 0).sum(-1).float()
     torch.testing.assert_close(train.losses["l0"], l0.mean())
+    torch.testing.assert_close(train.losses["l0_std"], l0.std(correction=0))
+    assert train.fire_counts.dtype == torch.int64
+    torch.testing.assert_close(train.fire_counts, (train.feature_acts != 0).sum(0))
     mse = (train.x_hat - x.reshape(10, D_IN)).pow(2).sum(-1).mean()
     torch.testing.assert_close(train.losses["mse"], mse, rtol=1e-5, atol=1e-6)
     train.loss.backward()
@@ -332,6 +338,31 @@ def test_topk_sparse_backward_matches_dense_autograd(subtract_b_dec, with_aux):
     dense = {n: p.grad for n, p in sae.named_parameters()} | {"x": x.grad}
     for name in dense:
         torch.testing.assert_close(sparse[name], dense[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_topk_matches_sparsify():
+    """The same weights in EleutherAI's sparsify give the same reconstruction and gradients
+    (sparsify's loss is the FVU, ours the summed MSE: the gradients differ by that factor)."""
+    sparsify = pytest.importorskip("sparsify")
+    torch.manual_seed(2)
+    ours = randomized(make("topk", k=4))
+    theirs = sparsify.SparseCoder(D_IN, sparsify.SparseCoderConfig(num_latents=D_SAE, k=4))
+    with torch.no_grad():
+        theirs.encoder.weight.copy_(ours.W_enc.T)
+        theirs.encoder.bias.copy_(ours.b_enc)
+        theirs.W_dec.copy_(ours.W_dec)
+        theirs.b_dec.copy_(ours.b_dec)
+    x = torch.randn(64, D_IN)
+    out, ref = ours.training_forward(x), theirs(x)
+    torch.testing.assert_close(out.x_hat, ref.sae_out.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.feature_acts.gather(1, ref.latent_indices), ref.latent_acts.detach())
+    out.loss.backward()
+    ref.fvu.backward()
+    ratio = (x - x.mean(0)).pow(2).sum() / x.shape[0]  # d mse = d fvu * total variance / batch
+    for name, a, b in [("W_enc", ours.W_enc.grad, theirs.encoder.weight.grad.T), ("b_enc", ours.b_enc.grad,
+                       theirs.encoder.bias.grad), ("W_dec", ours.W_dec.grad, theirs.W_dec.grad),
+                       ("b_dec", ours.b_dec.grad, theirs.b_dec.grad)]:  # fmt: skip
+        torch.testing.assert_close(a, b * ratio, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # ---- constraints ----------------------------------------------------------------------------

@@ -223,6 +223,11 @@ class TrainOutput(NamedTuple):
     ``"l0"`` (mean active features per token), ``"l0_std"`` (their spread over tokens), and
     for batchtopk ``"threshold"``."""
 
+    fire_counts: Int[Tensor, " d_sae"]
+    """On how many tokens of the batch each feature fired (int64). topk and batchtopk count it
+    from the kept indices, much cheaper than a pass over the dense ``feature_acts``: use it for
+    dead-feature tracking."""
+
 
 # ---- the base class -------------------------------------------------------------------------
 class SAE(nn.Module):
@@ -368,9 +373,11 @@ class SAE(nn.Module):
         return self.cfg.aux_coefficient * scale * self._mse(e_hat, residual)
 
     @staticmethod
-    def _l0_stats(feature_acts: Tensor) -> dict[str, Tensor]:
-        l0 = (feature_acts != 0).sum(-1).float()
-        return {"l0": l0.mean(), "l0_std": l0.std(correction=0)}
+    def _activity(feature_acts: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """L0 metrics and per-feature fire counts of dense feature activations."""
+        with torch.no_grad():
+            on = feature_acts != 0
+            return _l0_metrics(on.sum(-1)), on.sum(0)
 
     # -- constraints and folding --
     @torch.no_grad()
@@ -565,7 +572,7 @@ class ReLUSAE(SAE):
         weighted = f * self.W_dec.norm(dim=1) if self._april else f
         l1 = self.cfg.l1_coefficient * sparsity_scale * weighted.sum(-1).mean()
         losses = {"mse": mse, "l1": l1}
-        return _train_output(losses, x_hat, f, self._l0_stats(f))
+        return _train_output(losses, x_hat, f, *self._activity(f))
 
     def _saelens_architecture(self) -> str:
         return "standard"
@@ -723,8 +730,9 @@ class TopKSAE(SAE):
         with torch.no_grad():
             feature_acts = torch.zeros(x.shape[0], self.cfg.d_sae, dtype=acts.dtype, device=acts.device)
             feature_acts.scatter_(1, idx, acts)
-            metrics = self._l0_stats(acts)
-        return _train_output({"mse": mse, "auxk": auxk}, x_hat, feature_acts, metrics)
+            on = acts > 0
+            fire_counts = torch.bincount(idx[on], minlength=self.cfg.d_sae)
+        return _train_output({"mse": mse, "auxk": auxk}, x_hat, feature_acts, _l0_metrics(on.sum(1)), fire_counts)
 
     def _saelens_cfg_extra(self) -> dict[str, Any]:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
@@ -755,23 +763,23 @@ class BatchTopKSAE(SAE):
         pre = self._pre_acts(x)
         top = F.relu(pre).flatten().topk(self.cfg.k * batch, sorted=False)
         # Decode the kept entries per token with an embedding bag (row-sorted), not a dense matmul.
-        order = top.indices.argsort()
-        flat_idx = top.indices[order]
+        flat_idx, order = top.indices.sort(stable=True)
         rows = flat_idx.div(self.cfg.d_sae, rounding_mode="floor")
         cols = flat_idx - rows * self.cfg.d_sae
         counts = torch.bincount(rows, minlength=batch)
         offsets = counts.cumsum(0) - counts
-        x_hat = (
-            F.embedding_bag(cols, self.W_dec, offsets, mode="sum", per_sample_weights=top.values[order]) + self.b_dec
-        )
+        kept = top.values[order]
+        x_hat = F.embedding_bag(cols, self.W_dec, offsets, mode="sum", per_sample_weights=kept) + self.b_dec
         mse = self._mse(x_hat, x)
         auxk = self._auxk(pre, x, x_hat, dead_mask)
         with torch.no_grad():
             feature_acts = torch.zeros(batch * self.cfg.d_sae, dtype=pre.dtype, device=pre.device)
             feature_acts = feature_acts.scatter_(0, top.indices, top.values).view(batch, self.cfg.d_sae)
             self._update_threshold(top.values)
-            metrics = {**self._l0_stats(feature_acts), "threshold": self.threshold.detach().clone()}
-        return _train_output({"mse": mse, "auxk": auxk}, x_hat, feature_acts, metrics)
+            on = kept > 0
+            metrics = {**_l0_metrics(torch.bincount(rows[on], minlength=batch)), "threshold": self.threshold.clone()}
+            fire_counts = torch.bincount(cols[on], minlength=self.cfg.d_sae)
+        return _train_output({"mse": mse, "auxk": auxk}, x_hat, feature_acts, metrics, fire_counts)
 
     @torch.no_grad()
     def _update_threshold(self, kept: Tensor) -> None:
@@ -878,7 +886,7 @@ class JumpReLUSAE(SAE):
         mse = self._mse(x_hat, x)
         l0 = _Step.apply(z, threshold, bw).sum(-1).mean()
         penalty = self.cfg.l1_coefficient * sparsity_scale * l0
-        return _train_output({"mse": mse, "l0_penalty": penalty}, x_hat, f, self._l0_stats(f))
+        return _train_output({"mse": mse, "l0_penalty": penalty}, x_hat, f, *self._activity(f))
 
     def _saelens_tensors(self) -> dict[str, Tensor]:
         return {**super()._saelens_tensors(), "threshold": self.threshold}
@@ -940,7 +948,7 @@ class GatedSAE(SAE):
         x_hat_frozen = f_gate @ self.W_dec.detach() + self.b_dec.detach()
         aux_recon = self._mse(x_hat_frozen, x)
         losses = {"mse": mse, "l1": l1, "aux_recon": aux_recon}
-        return _train_output(losses, x_hat, f, self._l0_stats(f))
+        return _train_output(losses, x_hat, f, *self._activity(f))
 
     def _saelens_tensors(self) -> dict[str, Tensor]:
         return {
@@ -996,7 +1004,7 @@ class TopAFASAE(SAE):
         gap = torch.linalg.vector_norm(f, dim=-1) - torch.linalg.vector_norm(x, dim=-1)
         afa = self.cfg.afa_coefficient * self.cfg.d_in * gap.pow(2).mean()
         auxk = self._auxk(pre, x, x_hat, dead_mask)
-        return _train_output({"mse": mse, "afa": afa, "auxk": auxk}, x_hat, f, self._l0_stats(f))
+        return _train_output({"mse": mse, "afa": afa, "auxk": auxk}, x_hat, f, *self._activity(f))
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -1010,12 +1018,18 @@ _CLASSES: dict[str, type[SAE]] = {
 }
 
 
+def _l0_metrics(l0: Tensor) -> dict[str, Tensor]:
+    """Mean and spread over tokens of the number of active features per token."""
+    l0 = l0.float()
+    return {"l0": l0.mean(), "l0_std": l0.std(correction=0)}
+
+
 def _train_output(
-    terms: dict[str, Tensor], x_hat: Tensor, feature_acts: Tensor, metrics: dict[str, Tensor]
+    terms: dict[str, Tensor], x_hat: Tensor, feature_acts: Tensor, metrics: dict[str, Tensor], fire_counts: Tensor
 ) -> TrainOutput:
     loss = sum(terms.values())
     losses = {name: value.detach().float() for name, value in {**terms, **metrics}.items()}
-    return TrainOutput(loss, x_hat.detach(), feature_acts.detach(), losses)  # type: ignore[arg-type]
+    return TrainOutput(loss, x_hat.detach(), feature_acts.detach(), losses, fire_counts)  # type: ignore[arg-type]
 
 
 def _read_safetensors(file: Path) -> dict[str, Tensor]:
