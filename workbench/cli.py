@@ -9,6 +9,7 @@ import inspect
 import json
 import sys
 import textwrap
+import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
@@ -37,7 +38,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, posit
             kwargs["default"] = default
             kwargs["help"] += f" (default: {default})"
         args = get_args(kind)
-        if get_origin(kind) is typing.Union and type(None) in args:  # Optional[X]
+        if get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:  # Optional[X]
             kind = next(a for a in args if a is not type(None))
             args = get_args(kind)
         if kind is bool:
@@ -80,6 +81,24 @@ def _capture(args: argparse.Namespace) -> None:
                       "hookpoints": store.hookpoints}))
 
 
+def _train(args: argparse.Namespace) -> None:
+    from workbench.pipeline import TrainRunConfig, train_run
+
+    _, metrics = train_run(build_dataclass(TrainRunConfig, args))
+    print(json.dumps(metrics, indent=2, default=float))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from workbench.models import load_model
+    from workbench.pipeline import evaluate_sae, load_run_sae
+
+    sae = load_run_sae(args.dir)
+    model = load_model(args.model or sae.cfg.model_name, device=args.device)
+    metrics = evaluate_sae(model, sae.to(args.device), args.hookpoint or sae.cfg.hook_name, tokens=args.tokens,
+                           corpus=args.corpus, seed=args.seed)
+    print(json.dumps(metrics, indent=2, default=float))
+
+
 def _prepare(args: argparse.Namespace) -> None:
     from workbench.models import load_model
 
@@ -89,6 +108,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     from workbench.capture import CaptureConfig
+    from workbench.pipeline import TrainRunConfig
 
     main = argparse.ArgumentParser(prog="workbench", description="Sparse-autoencoder workbench for language models.")
     commands = main.add_subparsers(dest="command", required=True)
@@ -104,6 +124,21 @@ def parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("capture", help="capture activations into a store", description=CaptureConfig.__doc__)
     add_dataclass_arguments(sub, CaptureConfig)
     sub.set_defaults(run=_capture)
+
+    sub = commands.add_parser("train", help="capture if needed, train an SAE, evaluate it on held-out text",
+                              description=TrainRunConfig.__doc__)
+    add_dataclass_arguments(sub, TrainRunConfig)
+    sub.set_defaults(run=_train)
+
+    sub = commands.add_parser("eval", help="held-out metrics of a trained SAE (JSON)")
+    sub.add_argument("dir", help="run folder of `workbench train`, or an SAE folder (cfg.json + sae_weights.safetensors)")
+    sub.add_argument("--tokens", type=int, default=8192, help="held-out tokens (default: 8192)")
+    sub.add_argument("--model", default=None, help="model (default: the one in the SAE's cfg.json)")
+    sub.add_argument("--hookpoint", default=None, help="hook point (default: the one in the SAE's cfg.json)")
+    sub.add_argument("--corpus", default="python-stdlib", help="text; its held-out test split is used")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--device", default="cpu")
+    sub.set_defaults(run=_eval)
     return main
 
 

@@ -1,0 +1,143 @@
+"""End-to-end recipes: capture -> train -> evaluate, as ``workbench train`` and ``workbench eval`` run them.
+
+A run folder holds everything of one run::
+
+    DIR/store/           activation store of the training tokens (unless --store points elsewhere)
+    DIR/checkpoint/      the trainer's latest state (a re-run resumes from it)
+    DIR/sae_0/           the trained SAE (cfg.json + sae_weights.safetensors, SAELens layout)
+    DIR/metrics.json     held-out metrics: reconstruction, sparsity, loss recovered
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from workbench.capture import CaptureConfig, capture_corpus, run_to
+from workbench.data import EMBEDDED_CORPUS, token_contexts
+from workbench.evaluate import loss_recovered
+from workbench.features import activation_stats
+from workbench.metrics import reconstruction_metrics
+from workbench.models import Model, load_model
+from workbench.sae import SAE, SAEConfig
+from workbench.store import ActivationStore
+from workbench.train import TrainConfig, TrainResult, sae_dir, train
+
+
+@dataclass
+class TrainRunConfig:
+    """What ``workbench train`` does: capture (or reuse) activations, train one SAE, evaluate it on held-out text."""
+
+    out: str
+    """Run folder: store, checkpoint, SAE and metrics.json (a re-run resumes from its checkpoint)."""
+    model: str = "smollm2-135m"
+    """Embedded model name, local folder or Hugging Face id."""
+    hookpoint: str = "blocks.15.hook_mlp_out"
+    """Hook point the SAE reads."""
+    arch: Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "topafa"] = "topk"
+    """SAE architecture."""
+    d_sae: int = 4608
+    """Number of features."""
+    k: int = 32
+    """Active features per token (topk, batchtopk)."""
+    l1: float = 5.0
+    """Sparsity coefficient (L1 for relu and gated, L0 for jumprelu)."""
+    tokens: int = 200_000
+    """Training tokens to capture (ignored with --store)."""
+    epochs: int = 4
+    """Passes over the training tokens."""
+    batch_size: int = 1024
+    """Activations per optimizer step."""
+    lr: float | None = None
+    """Adam learning rate (default: 2e-4 / sqrt(d_sae / 2**14), as sparsify)."""
+    store: str | None = None
+    """An existing activation store to train on instead of capturing into OUT/store."""
+    corpus: str = EMBEDDED_CORPUS
+    """Text for capture and evaluation (evaluation uses its held-out test split)."""
+    ctx_len: int = 128
+    """Tokens per context, BOS included."""
+    eval_tokens: int = 8192
+    """Held-out tokens for the metrics (0 skips evaluation)."""
+    seed: int = 0
+    """Seed of the data order and the SAE's initialisation."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_sae", "k", "tokens", "epochs", "batch_size", "ctx_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.eval_tokens < 0:
+            raise ValueError("eval_tokens must be >= 0")
+
+
+def train_run(cfg: TrainRunConfig, *, model: Model | None = None, callbacks: list | None = None,
+              progress: bool = True) -> tuple[TrainResult, dict]:
+    """Run ``cfg`` end to end; returns the training result and the metrics written to OUT/metrics.json."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model or load_model(cfg.model, device=cfg.device)
+    if cfg.store:
+        store = ActivationStore.open(cfg.store)
+    else:
+        capture_cfg = CaptureConfig(out=str(out / "store"), hookpoint=[cfg.hookpoint], model=cfg.model, tokens=cfg.tokens,
+                                    corpus=cfg.corpus, ctx_len=cfg.ctx_len, seed=cfg.seed, device=cfg.device)
+        store = capture_corpus(capture_cfg, model=model, progress=progress)
+    d_in = store.d(cfg.hookpoint)
+    torch.manual_seed(cfg.seed)
+    sae = SAE.from_config(SAEConfig(architecture=cfg.arch, d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, l1_coefficient=cfg.l1,
+                                    hook_name=cfg.hookpoint, model_name=cfg.model, device=cfg.device))
+    steps = cfg.epochs * (store.n_rows // cfg.batch_size)
+    if steps == 0:
+        raise ValueError(f"the store holds {store.n_rows} rows, fewer than one batch of {cfg.batch_size}")
+    train_cfg = TrainConfig(steps=steps, lr=cfg.lr, lr_warmup_steps=min(100, steps // 10), lr_decay_steps=steps // 5,
+                            checkpoint_every=max(50, steps // 10), seed=cfg.seed, dead_window=max(100_000, store.n_rows // 2))
+    batches = store.batches(cfg.hookpoint, batch_size=cfg.batch_size, seed=cfg.seed, epochs=cfg.epochs,
+                            drop_last=True, device=cfg.device)
+    started = time.perf_counter()
+    result = train(sae, batches, train_cfg, out_dir=out, callbacks=callbacks, progress=progress)
+    seconds = time.perf_counter() - started
+    metrics = {"config": asdict(cfg), "train": {**result.stats[0], "steps": steps, "seconds": seconds}}
+    if cfg.eval_tokens:
+        mean = activation_stats(store, cfg.hookpoint).mean
+        metrics.update(evaluate_sae(model, result.saes[0], cfg.hookpoint, tokens=cfg.eval_tokens, corpus=cfg.corpus,
+                                    ctx_len=cfg.ctx_len, seed=cfg.seed, mean=mean, progress=progress))
+    write_json(out / "metrics.json", metrics)
+    return result, metrics
+
+
+def evaluate_sae(model: Model, sae: SAE, hookpoint: str, *, tokens: int = 8192, corpus: str = EMBEDDED_CORPUS,
+                 ctx_len: int = 128, seed: int = 0, mean: torch.Tensor | None = None, batch_size: int = 16,
+                 progress: bool = False) -> dict:
+    """Reconstruction, sparsity and loss-recovered metrics on ``tokens`` held-out tokens (the corpus's test split)."""
+    n_contexts = -(-tokens // (ctx_len - 1))
+    contexts = token_contexts(model.tokenizer, corpus, n_contexts=n_contexts, ctx_len=ctx_len, seed=seed, split="test",
+                              bos_token_id=model.bos_token_id)
+    batches = (run_to(model, [hookpoint], ids)[hookpoint][:, 1:].flatten(0, 1).float() for ids in contexts.split(batch_size))
+    recon = reconstruction_metrics(sae, batches)
+    recovered = loss_recovered(model, sae, hookpoint, contexts, batch_size=batch_size, mean=mean, progress=progress)
+    return {"heldout": {"corpus": corpus, "split": "test", "tokens": recon.n_tokens},
+            "reconstruction": recon.to_dict(), "loss_recovered": recovered.to_dict(), "summary": recovered.sentence()}
+
+
+def load_run_sae(path: str | Path) -> SAE:
+    """The SAE of a run folder (``DIR/sae_0``) or an SAE folder itself."""
+    path = Path(path)
+    return SAE.load(sae_dir(path, 0) if (sae_dir(path, 0) / "cfg.json").exists() else path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON atomically (a temporary file renamed into place)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=float)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
