@@ -372,8 +372,7 @@ class _SAERun:
         self.opt.step()
         self.sae.constrain_weights()
         with torch.no_grad():
-            fired_BF = out.feature_acts.detach() != 0
-            fires_F = fired_BF.sum(0)
+            fires_F = out.fire_counts
             self.tokens_since_fired.add_(x.shape[0]).masked_fill_(fires_F > 0, 0)
             self.last_active = fires_F.sum()
             self.active_sum += self.last_active
