@@ -90,13 +90,16 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from workbench.models import load_model
-    from workbench.pipeline import evaluate_sae, load_run_sae
+    from workbench.data import EMBEDDED_CORPUS
+    from workbench.pipeline import evaluate_sae, load_run_sae, run_config
 
     sae = load_run_sae(args.dir)
+    run = run_config(args.dir)
     model = load_model(args.model or sae.cfg.model_name, device=args.device)
     metrics = evaluate_sae(model, sae.to(args.device), args.hookpoint or sae.cfg.hook_name, tokens=args.tokens,
-                           corpus=args.corpus, seed=args.seed)
-    print(json.dumps(metrics, indent=2, default=float))
+                           corpus=args.corpus or run.get("corpus", EMBEDDED_CORPUS),
+                           ctx_len=args.ctx_len or run.get("ctx_len", 128), seed=args.seed)
+    print(json.dumps(metrics.to_dict(), indent=2, default=float))
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -135,7 +138,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--tokens", type=int, default=8192, help="held-out tokens (default: 8192)")
     sub.add_argument("--model", default=None, help="model (default: the one in the SAE's cfg.json)")
     sub.add_argument("--hookpoint", default=None, help="hook point (default: the one in the SAE's cfg.json)")
-    sub.add_argument("--corpus", default="python-stdlib", help="text; its held-out test split is used")
+    sub.add_argument("--corpus", default=None,
+                     help="text, whose held-out test split is used (default: the run's corpus, else python-stdlib)")
+    sub.add_argument("--ctx-len", type=int, default=None, help="tokens per context (default: the run's, else 128)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--device", default="cpu")
     sub.set_defaults(run=_eval)

@@ -80,3 +80,79 @@ def context_values(
             projected = acts[:, int(direction)]
         values[locations[rows, 1]] = projected.float()
     return tokens, values
+
+
+@dataclass
+class FeatureExample:
+    """One top-activating token of a feature and the text around it."""
+
+    feature: int
+    """The SAE feature."""
+    activation: float
+    """The feature's activation on the example token."""
+    row: int
+    """The example token's row in the store."""
+    context: int
+    """Index of the context (in the store) the token comes from."""
+    position: int
+    """Position of the token in its context."""
+    tokens: Int[Tensor, " window"]
+    """Token ids of the window around the example token (within its context)."""
+    values: Float[Tensor, " window"]
+    """The feature's activation on every token of the window (0 where the store kept none, e.g. BOS)."""
+    focus: int
+    """Index of the example token within the window."""
+
+
+@torch.no_grad()
+def top_activating_contexts(
+    sae: torch.nn.Module,
+    store: ActivationStore,
+    features: list[int],
+    hookpoint: str | None = None,
+    *,
+    n_examples: int = 5,
+    before: int = 12,
+    after: int = 4,
+    batch_size: int = 4096,
+    device: str | torch.device = "cpu",
+) -> dict[int, list[FeatureExample]]:
+    """Each feature's ``n_examples`` highest activations in the store, with the text around them.
+
+    One streamed pass over the store encodes every row with ``sae`` and keeps a running top-k per
+    feature; then each example's context is re-encoded to give the feature's activation on every
+    token of a window of ``before`` tokens before and ``after`` after the example. Features that
+    never fire get fewer (or no) examples.
+    """
+    if not features:
+        return {}
+    hookpoint = hookpoint or sae.cfg.hook_name or None
+    index = torch.tensor(features, dtype=torch.long, device=device)
+    best_values = torch.full((len(features), 0), float("-inf"), device=device)
+    best_rows = torch.zeros((len(features), 0), dtype=torch.long, device=device)
+    offset = 0
+    for batch in store.batches(hookpoint, batch_size=batch_size, shuffle=False, device=device):
+        acts = sae.encode(batch.float())[:, index].T  # [features, batch]
+        rows = torch.arange(offset, offset + batch.shape[0], device=device).expand(len(features), -1)
+        values = torch.cat([best_values, acts], dim=1)
+        kept = values.topk(min(n_examples, values.shape[1]), dim=1)
+        best_values, best_rows = kept.values, torch.cat([best_rows, rows], dim=1).gather(1, kept.indices)
+        offset += batch.shape[0]
+
+    locations = store.locations()
+    examples: dict[int, list[FeatureExample]] = {}
+    for i, feature in enumerate(features):
+        examples[feature] = []
+        for value, row in zip(best_values[i].tolist(), best_rows[i].tolist()):
+            if not value > 0:
+                continue
+            context, position = locations[row].tolist()
+            tokens = store.context_tokens([context])[0]
+            in_context = torch.nonzero(locations[:, 0] == context).flatten()
+            acts = sae.encode(store.rows(hookpoint, int(in_context[0]), int(in_context[-1]) + 1).float().to(device))
+            per_token = torch.zeros(len(tokens))
+            per_token[locations[in_context, 1]] = acts[:, feature].float().cpu()
+            start, stop = max(0, position - before), min(len(tokens), position + after + 1)
+            examples[feature].append(FeatureExample(feature, value, row, context, position, tokens[start:stop],
+                                                    per_token[start:stop], position - start))
+    return examples

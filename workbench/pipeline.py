@@ -22,9 +22,9 @@ import torch
 
 from workbench.capture import CaptureConfig, capture_corpus, run_to
 from workbench.data import EMBEDDED_CORPUS, token_contexts
-from workbench.evaluate import loss_recovered
+from workbench.evaluate import LossRecovered, loss_recovered
 from workbench.features import activation_stats
-from workbench.metrics import reconstruction_metrics
+from workbench.metrics import ReconstructionMetrics, reconstruction_metrics
 from workbench.models import Model, load_model
 from workbench.sae import SAE, SAEConfig
 from workbench.store import ActivationStore
@@ -90,32 +90,69 @@ def train_run(cfg: TrainRunConfig, *, model: Model | None = None, callbacks: lis
         capture_cfg = CaptureConfig(out=str(out / "store"), hookpoint=[cfg.hookpoint], model=cfg.model, tokens=cfg.tokens,
                                     corpus=cfg.corpus, ctx_len=cfg.ctx_len, seed=cfg.seed, device=cfg.device)
         store = capture_corpus(capture_cfg, model=model, progress=progress)
-    d_in = store.d(cfg.hookpoint)
     torch.manual_seed(cfg.seed)
-    sae = SAE.from_config(SAEConfig(architecture=cfg.arch, d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, l1_coefficient=cfg.l1,
-                                    hook_name=cfg.hookpoint, model_name=cfg.model, device=cfg.device))
-    steps = cfg.epochs * (store.n_rows // cfg.batch_size)
-    if steps == 0:
-        raise ValueError(f"the store holds {store.n_rows} rows, fewer than one batch of {cfg.batch_size}")
-    train_cfg = TrainConfig(steps=steps, lr=cfg.lr, lr_warmup_steps=min(100, steps // 10), lr_decay_steps=steps // 5,
-                            checkpoint_every=max(50, steps // 10), seed=cfg.seed, dead_window=max(100_000, store.n_rows // 2))
+    sae = new_sae(cfg, store.d(cfg.hookpoint))
+    train_cfg = train_config(cfg, store.n_rows)
     batches = store.batches(cfg.hookpoint, batch_size=cfg.batch_size, seed=cfg.seed, epochs=cfg.epochs,
                             drop_last=True, device=cfg.device)
     started = time.perf_counter()
     result = train(sae, batches, train_cfg, out_dir=out, callbacks=callbacks, progress=progress)
     seconds = time.perf_counter() - started
-    metrics = {"config": asdict(cfg), "train": {**result.stats[0], "steps": steps, "seconds": seconds}}
+    metrics = {"config": asdict(cfg), "train": {**result.stats[0], "steps": train_cfg.steps, "seconds": seconds}}
     if cfg.eval_tokens:
         mean = activation_stats(store, cfg.hookpoint).mean
-        metrics.update(evaluate_sae(model, result.saes[0], cfg.hookpoint, tokens=cfg.eval_tokens, corpus=cfg.corpus,
-                                    ctx_len=cfg.ctx_len, seed=cfg.seed, mean=mean, progress=progress))
+        evaluation = evaluate_sae(model, result.saes[0], cfg.hookpoint, tokens=cfg.eval_tokens, corpus=cfg.corpus,
+                                  ctx_len=cfg.ctx_len, seed=cfg.seed, mean=mean, progress=progress)
+        metrics.update(evaluation.to_dict())
     write_json(out / "metrics.json", metrics)
     return result, metrics
 
 
+def new_sae(cfg: TrainRunConfig, d_in: int) -> SAE:
+    """A freshly initialised SAE as ``cfg`` describes it (seed the RNG first for a reproducible init)."""
+    return SAE.from_config(SAEConfig(architecture=cfg.arch, d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, l1_coefficient=cfg.l1,
+                                     hook_name=cfg.hookpoint, model_name=cfg.model, device=cfg.device))
+
+
+def train_config(cfg: TrainRunConfig, n_rows: int) -> TrainConfig:
+    """The trainer's settings for ``cfg.epochs`` passes over ``n_rows`` activations.
+
+    Warm-up is 10% of the steps (at most 100), the learning rate decays linearly to 0 over the
+    last 20%, and a feature counts as dead after half an epoch (at least 100k tokens) without firing.
+    """
+    steps = cfg.epochs * (n_rows // cfg.batch_size)
+    if steps == 0:
+        raise ValueError(f"the store holds {n_rows} rows, fewer than one batch of {cfg.batch_size}; "
+                         "capture more tokens or lower --batch-size")
+    return TrainConfig(steps=steps, lr=cfg.lr, lr_warmup_steps=min(100, steps // 10), lr_decay_steps=steps // 5,
+                       checkpoint_every=max(50, steps // 10), seed=cfg.seed, dead_window=max(100_000, n_rows // 2))
+
+
+@dataclass
+class SAEEvaluation:
+    """An SAE measured on held-out text: reconstruction and sparsity, and loss recovered."""
+
+    heldout: dict
+    """Which text: corpus, split and number of tokens."""
+    reconstruction: ReconstructionMetrics
+    """MSE, FVU, L0, dead and dense fractions, per-feature density."""
+    loss_recovered: LossRecovered
+    """Cross-entropy with the SAE spliced in vs clean, zero-, mean- (and skip-) ablation."""
+
+    @property
+    def summary(self) -> str:
+        """One sentence: the extra loss as a percentage of zero-ablation's."""
+        return self.loss_recovered.sentence()
+
+    def to_dict(self) -> dict:
+        """JSON-able figures (feature densities left out)."""
+        return {"heldout": self.heldout, "reconstruction": self.reconstruction.to_dict(),
+                "loss_recovered": self.loss_recovered.to_dict(), "summary": self.summary}
+
+
 def evaluate_sae(model: Model, sae: SAE, hookpoint: str, *, tokens: int = 8192, corpus: str = EMBEDDED_CORPUS,
                  ctx_len: int = 128, seed: int = 0, mean: torch.Tensor | None = None, batch_size: int = 16,
-                 progress: bool = False) -> dict:
+                 progress: bool = False) -> SAEEvaluation:
     """Reconstruction, sparsity and loss-recovered metrics on ``tokens`` held-out tokens (the corpus's test split)."""
     n_contexts = -(-tokens // (ctx_len - 1))
     contexts = token_contexts(model.tokenizer, corpus, n_contexts=n_contexts, ctx_len=ctx_len, seed=seed, split="test",
@@ -123,14 +160,24 @@ def evaluate_sae(model: Model, sae: SAE, hookpoint: str, *, tokens: int = 8192, 
     batches = (run_to(model, [hookpoint], ids)[hookpoint][:, 1:].flatten(0, 1).float() for ids in contexts.split(batch_size))
     recon = reconstruction_metrics(sae, batches)
     recovered = loss_recovered(model, sae, hookpoint, contexts, batch_size=batch_size, mean=mean, progress=progress)
-    return {"heldout": {"corpus": corpus, "split": "test", "tokens": recon.n_tokens},
-            "reconstruction": recon.to_dict(), "loss_recovered": recovered.to_dict(), "summary": recovered.sentence()}
+    return SAEEvaluation({"corpus": corpus, "split": "test", "tokens": recon.n_tokens}, recon, recovered)
 
 
 def load_run_sae(path: str | Path) -> SAE:
     """The SAE of a run folder (``DIR/sae_0``) or an SAE folder itself."""
     path = Path(path)
     return SAE.load(sae_dir(path, 0) if (sae_dir(path, 0) / "cfg.json").exists() else path)
+
+
+def run_config(path: str | Path) -> dict:
+    """The settings ``workbench train`` recorded in a run folder's metrics.json ({} if there is none)."""
+    metrics = Path(path) / "metrics.json"
+    if not metrics.is_file():
+        return {}
+    try:
+        return json.loads(metrics.read_text()).get("config", {})
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{metrics} is not valid JSON ({err}); re-run `workbench train` or pass the settings") from err
 
 
 def write_json(path: Path, data: dict) -> None:
