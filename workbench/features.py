@@ -132,7 +132,7 @@ def top_activating_contexts(
     best_rows = torch.zeros((len(features), 0), dtype=torch.long, device=device)
     offset = 0
     for batch in store.batches(hookpoint, batch_size=batch_size, shuffle=False, device=device):
-        acts = sae.encode(batch.float())[:, index].T  # [features, batch]
+        acts = sae.encode(batch.float()).feature_acts[:, index].T  # [features, batch]
         rows = torch.arange(offset, offset + batch.shape[0], device=device).expand(len(features), -1)
         values = torch.cat([best_values, acts], dim=1)
         kept = values.topk(min(n_examples, values.shape[1]), dim=1)
@@ -149,7 +149,8 @@ def top_activating_contexts(
             context, position = locations[row].tolist()
             tokens = store.context_tokens([context])[0]
             in_context = torch.nonzero(locations[:, 0] == context).flatten()
-            acts = sae.encode(store.rows(hookpoint, int(in_context[0]), int(in_context[-1]) + 1).float().to(device))
+            rows = store.rows(hookpoint, int(in_context[0]), int(in_context[-1]) + 1).float().to(device)
+            acts = sae.encode(rows).feature_acts
             per_token = torch.zeros(len(tokens))
             per_token[locations[in_context, 1]] = acts[:, feature].float().cpu()
             start, stop = max(0, position - before), min(len(tokens), position + after + 1)

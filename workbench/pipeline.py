@@ -49,14 +49,16 @@ class TrainRunConfig:
     """Active features per token (topk, batchtopk)."""
     l1: float = 5.0
     """Sparsity coefficient (L1 for relu and gated, L0 for jumprelu)."""
-    tokens: int = 200_000
+    tokens: int = 150_000
     """Training tokens to capture (ignored with --store)."""
     epochs: int = 4
     """Passes over the training tokens."""
     batch_size: int = 1024
     """Activations per optimizer step."""
-    lr: float | None = None
-    """Adam learning rate (default: 2e-4 / sqrt(d_sae / 2**14), as sparsify)."""
+    lr: float | None = 2e-3
+    """Adam learning rate. 2e-3 was best for TopK on SmolLM2's layer-15 MLP output with the default budget
+    (150k tokens x 4 epochs: loss recovered 0.900 at sparsify's 3.8e-4, 0.928 at 1e-3, 0.945 at 2e-3);
+    None: the trainer's default 2e-4 / sqrt(d_sae / 2**14), as sparsify, meant for much longer runs."""
     store: str | None = None
     """An existing activation store to train on instead of capturing into OUT/store."""
     corpus: str = EMBEDDED_CORPUS
