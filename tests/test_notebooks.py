@@ -56,3 +56,4 @@ def test_quickstart_trains_and_evaluates_an_sae(tmp_path):
     executed = (tmp_path / "01_quickstart.ipynb").read_text()
     assert "wb-heatmap" in executed and "rgba(255, 140, 0" in executed  # the static fallback is in the outputs
     assert "zero-ablating the MLP" in executed
+    assert executed.count("Plotly.newPlot") >= 3  # norms, training chart, density: as HTML, not only plotly JSON
