@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +71,29 @@ def any_tiny_model(request):
 @pytest.fixture
 def llama_tiny():
     return tiny_model("llama")
+
+
+@pytest.fixture
+def local_model_dir(tmp_path) -> Path:
+    """A tiny Llama saved as a normal Hugging Face folder, loadable by path with no network."""
+    folder = tmp_path / "tiny-llama"
+    tiny_hf("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def wait_for_checkpoint(child: subprocess.Popen, out_dir: Path, step: int, timeout: float = 120) -> None:
+    """Wait until the training run in ``child`` has checkpointed ``step`` (or later) into ``out_dir``.
+
+    Fails with the child's stderr if it ended first: a kill must land mid-run.
+    """
+    state = out_dir / "checkpoint" / "state.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            if json.loads(state.read_text())["step"] >= step:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being swapped
+            pass
+        time.sleep(0.02)
+    assert child.poll() is None, child.stderr.read().decode() if child.stderr else "the run ended before the kill"

@@ -17,8 +17,6 @@ from workbench.cli import main as cli_main
 from workbench.models import ModelError, load_model
 from workbench.store import ActivationStore
 
-from conftest import tiny_hf, tiny_model, tiny_tokenizer
-
 
 def _contexts(n: int, ctx_len: int = 12) -> torch.Tensor:
     ids = torch.randint(3, 60, (n, ctx_len), generator=torch.Generator().manual_seed(1))
@@ -66,15 +64,6 @@ def test_unknown_model_lists_available(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="Available here: smollm2-135m"):
         load_model("no-such-model-anywhere")
-
-
-@pytest.fixture
-def local_model_dir(tmp_path) -> Path:
-    """A tiny Llama saved as a normal Hugging Face folder, loadable by path with no network."""
-    folder = tmp_path / "tiny-llama"
-    tiny_hf("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def _write_corpus(folder: Path) -> Path:

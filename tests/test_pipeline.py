@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from workbench.cli import main as cli_main
 from workbench.pipeline import TrainRunConfig, load_run_sae
 from workbench.sae import SAE
 
-from conftest import tiny_hf, tiny_tokenizer
+from conftest import wait_for_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,14 +36,6 @@ pipeline.train = slow_train
 from workbench.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-
-
-@pytest.fixture
-def local_model_dir(tmp_path) -> Path:
-    folder = tmp_path / "tiny-llama"
-    tiny_hf("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -118,16 +109,7 @@ def test_kill_9_mid_training_then_the_same_command_resumes_to_the_same_weights(t
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
-    state = resumed / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and child.poll() is None:
-        try:
-            if json.loads(state.read_text())["step"] >= 50:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.02)
-    assert child.poll() is None, child.stderr.read().decode()
+    wait_for_checkpoint(child, resumed, step=50)
     child.send_signal(signal.SIGKILL)
     child.wait()
     child.stderr.close()

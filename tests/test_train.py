@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from workbench.train import (
     sae_dir,
     train,
 )
+
+from conftest import wait_for_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 D_IN, D_SAE, N_TRUE, BATCH = 16, 64, 48, 128
@@ -193,16 +194,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     command = [sys.executable, str(script), str(out)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
-    state = out / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and child.poll() is None:
-        try:
-            if json.loads(state.read_text())["step"] >= 10:
-                break
-        except FileNotFoundError:  # not written yet, or being swapped
-            pass
-        time.sleep(0.02)
-    assert child.poll() is None, child.stderr.read().decode()
+    wait_for_checkpoint(child, out, step=10)
     child.send_signal(signal.SIGKILL)
     child.wait()
     child.stderr.close()

@@ -120,8 +120,8 @@ def top_activating_contexts(
     """Each feature's ``n_examples`` highest activations in the store, with the text around them.
 
     One streamed pass over the store encodes every row with ``sae`` and keeps a running top-k per
-    feature; then each example's context is re-encoded to give the feature's activation on every
-    token of a window of ``before`` tokens before and ``after`` after the example. Features that
+    feature; then each example's context is re-encoded once (shared by the examples in it) to give
+    the feature's activation on every token of a window of ``before`` tokens before and ``after`` after the example. Features that
     never fire get fewer (or no) examples.
     """
     if not features:
@@ -140,6 +140,19 @@ def top_activating_contexts(
         offset += batch.shape[0]
 
     locations = store.locations()
+    context_of_row = locations[:, 0].contiguous()  # non-decreasing: rows are stored context by context
+    encoded: dict[int, tuple[Tensor, Tensor]] = {}  # context -> (token ids, per-position feature acts)
+
+    def encode_context(context: int) -> tuple[Tensor, Tensor]:
+        if context not in encoded:
+            start, stop = torch.searchsorted(context_of_row, torch.tensor([context, context + 1])).tolist()
+            acts = sae.encode(store.rows(hookpoint, start, stop).float().to(device)).feature_acts[:, index].cpu()
+            tokens = store.context_tokens([context])[0]
+            per_position = torch.zeros(len(tokens), len(features))
+            per_position[locations[start:stop, 1]] = acts.float()
+            encoded[context] = tokens, per_position
+        return encoded[context]
+
     examples: dict[int, list[FeatureExample]] = {}
     for i, feature in enumerate(features):
         examples[feature] = []
@@ -147,13 +160,8 @@ def top_activating_contexts(
             if not value > 0:
                 continue
             context, position = locations[row].tolist()
-            tokens = store.context_tokens([context])[0]
-            in_context = torch.nonzero(locations[:, 0] == context).flatten()
-            rows = store.rows(hookpoint, int(in_context[0]), int(in_context[-1]) + 1).float().to(device)
-            acts = sae.encode(rows).feature_acts
-            per_token = torch.zeros(len(tokens))
-            per_token[locations[in_context, 1]] = acts[:, feature].float().cpu()
+            tokens, per_position = encode_context(context)
             start, stop = max(0, position - before), min(len(tokens), position + after + 1)
             examples[feature].append(FeatureExample(feature, value, row, context, position, tokens[start:stop],
-                                                    per_token[start:stop], position - start))
+                                                    per_position[start:stop, i], position - start))
     return examples
