@@ -23,7 +23,7 @@ trained without them; the CE is taken over every next-token prediction after pos
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,18 +31,29 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench.intervene import logits_skipping_block, logits_with
+from workbench.intervene import Edit, logits_from_block, residuals_and_logits
 from workbench.models import Model
+from workbench.stats import Interval, intervals
+
+
+_COLUMNS = ("n", "clean", "sae", "zero", "mean", "skip", "kl")
+"""Per-context sums kept for the bootstrap: predictions, CE of each variant, KL."""
 
 
 @dataclass
 class LossRecovered:
-    """Cross-entropy (nats per token) of the model with the SAE spliced in, and its baselines."""
+    """Cross-entropy (nats per token) of the model with the SAE spliced in, and its baselines.
+
+    Every figure has a 95% interval in :attr:`ci` (a bootstrap over contexts, paired across
+    variants: see :mod:`workbench.stats`).
+    """
 
     hookpoint: str
     """Where the SAE was spliced in."""
     n_tokens: int
     """Number of next-token predictions averaged over."""
+    n_contexts: int
+    """Number of contexts they come from (the unit the bootstrap resamples)."""
     ce_clean: float
     """CE of the unmodified model."""
     ce_sae: float
@@ -55,6 +66,10 @@ class LossRecovered:
     """CE with the block skipped (residual-stream hook points only)."""
     kl: float
     """Mean KL(clean || SAE-spliced) of the next-token distributions, nats."""
+    skip_layer: int | None = None
+    """The block skipped for ``ce_skip`` (None for other hook points)."""
+    ci: dict[str, Interval] = field(default_factory=dict)
+    """95% interval of each figure (``ce_*``, ``kl``, ``ce_increase``, ``loss_recovered*``) by name."""
 
     @property
     def ce_increase(self) -> float:
@@ -76,22 +91,77 @@ class LossRecovered:
         """The same against skipping the block."""
         return None if self.ce_skip is None else _recovered(self.ce_skip, self.ce_sae, self.ce_clean)
 
+    @property
+    def residual(self) -> bool:
+        """Whether the hook point is a residual stream (then zero-ablation is no fair baseline)."""
+        return self.ce_skip is not None
+
     def sentence(self) -> str:
-        """Towards Monosemanticity's phrasing of the result."""
+        """The result in one sentence, with 95% intervals.
+
+        For MLP and other block outputs, Towards Monosemanticity's phrasing: the extra loss as a
+        share of zero-ablating the activation. A residual stream carries everything, so zeroing
+        it is no yardstick: there the sentence leads with the CE increase in nats and compares
+        it with skipping the block that writes the stream.
+        """
+        n = f"{self.n_tokens:,} held-out tokens in {self.n_contexts} contexts"
+        inc = f"{self.ce_increase:+.3f} nats/token ({_range(self.ci.get('ce_increase'), '.3f')})"
+        if self.residual:
+            skip = 1 - self.loss_recovered_skip
+            return (f"the SAE adds {inc} to the next-token loss (CE {self.ce_clean:.3f} clean); skipping block "
+                    f"{self.skip_layer} adds {self.ce_skip - self.ce_clean:+.3f}, so the SAE costs "
+                    f"{100 * skip:.1f}% ({_range(self.ci.get('loss_recovered_skip'), '.1f', percent_lost=True)}%) "
+                    f"of skipping the block ({n})")
         where = "the MLP" if "mlp" in self.hookpoint else "this activation"
-        return (f"the extra loss is {100 * (1 - self.loss_recovered):.1f}% of zero-ablating {where} "
-                f"(CE {self.ce_clean:.3f} clean, {self.ce_sae:.3f} with the SAE, {self.ce_zero:.3f} zero-ablated; "
-                f"+{self.ce_increase:.3f} nats/token)")
+        lost = 100 * (1 - self.loss_recovered)
+        return (f"the extra loss is {lost:.1f}% ({_range(self.ci.get('loss_recovered'), '.1f', percent_lost=True)}%) "
+                f"of zero-ablating {where} (CE {self.ce_clean:.3f} clean, {self.ce_sae:.3f} with the SAE, "
+                f"{self.ce_zero:.3f} zero-ablated; {inc}; {n})")
 
     def to_dict(self) -> dict:
+        """Figures as JSON-able values; intervals under ``"ci"`` as ``[low, high]``."""
         out = asdict(self)
         out.update(ce_increase=self.ce_increase, loss_recovered=self.loss_recovered,
-                   loss_recovered_mean=self.loss_recovered_mean, loss_recovered_skip=self.loss_recovered_skip)
+                   loss_recovered_mean=self.loss_recovered_mean, loss_recovered_skip=self.loss_recovered_skip,
+                   ci={name: list(interval) for name, interval in self.ci.items()})
         return out
 
 
-def _recovered(baseline: float, ce: float, clean: float) -> float:
+def _range(interval: Interval | None, spec: str, *, percent_lost: bool = False) -> str:
+    """``"lo-hi"`` of an interval; for a loss recovered, as the percentage lost (so reversed)."""
+    if interval is None:
+        return "no interval"
+    low, high = interval
+    if percent_lost:
+        low, high = 100 * (1 - high), 100 * (1 - low)
+    return f"{low:{spec}}{' to ' if low < 0 else '-'}{high:{spec}}"
+
+
+def _recovered(baseline, ce, clean):
+    """(baseline - ce) / (baseline - clean), for floats or tensors of sums."""
+    if isinstance(baseline, Tensor):
+        return (baseline - ce) / (baseline - clean)
     return (baseline - ce) / (baseline - clean) if baseline != clean else float("nan")
+
+
+def _intervals(sums: Float[Tensor, "n_contexts 7"], *, mean: bool, residual: bool) -> dict[str, Interval]:
+    """Bootstrap intervals of every figure from per-context sums (columns: :data:`_COLUMNS`)."""
+    col = {name: i for i, name in enumerate(_COLUMNS)}
+
+    def per_token(name):
+        return lambda totals: totals[:, col[name]] / totals[:, col["n"]]
+
+    def recovered(baseline):
+        return lambda t: _recovered(t[:, col[baseline]], t[:, col["sae"]], t[:, col["clean"]])
+
+    statistics = {f"ce_{name}": per_token(name) for name in ("clean", "sae", "zero")}
+    statistics.update(kl=per_token("kl"), loss_recovered=recovered("zero"),
+                      ce_increase=lambda t: (t[:, col["sae"]] - t[:, col["clean"]]) / t[:, col["n"]])
+    if mean:
+        statistics.update(ce_mean=per_token("mean"), loss_recovered_mean=recovered("mean"))
+    if residual:
+        statistics.update(ce_skip=per_token("skip"), loss_recovered_skip=recovered("skip"))
+    return intervals(sums, statistics)
 
 
 def _keep_first(edit):
@@ -103,6 +173,14 @@ def _keep_first(edit):
         return out
 
     return edited
+
+
+def _logits_skipping(model: Model, ids: Tensor, layer: int, streams: dict[int, Tensor]) -> Tensor:
+    """Logits with block ``layer`` skipped at every position but the BOS: block ``layer + 1``
+    reads the stream that entered block ``layer``."""
+    skipped = streams[layer].clone()
+    skipped[:, 0] = streams[layer + 1][:, 0]
+    return logits_from_block(model, ids, layer + 1, skipped)
 
 
 def _next_token_ce(logits: Float[Tensor, "b s v"], ids: Int[Tensor, "b s"]) -> Float[Tensor, "b s-1"]:
@@ -127,7 +205,11 @@ def loss_recovered(
     mean: Float[Tensor, " d"] | None = None,
     progress: bool = False,
 ) -> LossRecovered:
-    """CE with ``sae`` spliced in at ``hookpoint`` over ``contexts`` (use held-out text), with baselines."""
+    """CE with ``sae`` spliced in at ``hookpoint`` over ``contexts`` (use held-out text), with baselines.
+
+    Every figure comes with a 95% bootstrap interval over contexts (``.ci``); use a few hundred
+    contexts or more for intervals to mean much.
+    """
     point = model.hookpoint(hookpoint)
     d_in = sae.W_dec.shape[1]
     if d_in != point.width:
@@ -140,23 +222,35 @@ def loss_recovered(
     zero = _keep_first(torch.zeros_like)
     reconstruct = _keep_first(lambda x: sae(x.float()).x_hat)
     ablate_mean = None if mean is None else _keep_first(lambda x: mean.to(x).expand_as(x))
-    sums: dict[str, float] = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0, "skip": 0.0, "kl": 0.0}
-    n_tokens = 0
+    rows: list[Tensor] = []  # per batch: (B, 7) sums per context, columns as _COLUMNS
     for ids in tqdm(contexts.split(batch_size), desc="loss recovered", disable=not progress):
         ids = ids.to(model.device)
-        clean = logits_with(model, ids)
-        spliced = logits_with(model, ids, {hookpoint: reconstruct})
-        sums["clean"] += _next_token_ce(clean, ids).sum().item()
-        sums["sae"] += _next_token_ce(spliced, ids).sum().item()
-        sums["kl"] += _kl(clean, spliced).sum().item()
-        sums["zero"] += _next_token_ce(logits_with(model, ids, {hookpoint: zero}), ids).sum().item()
-        if ablate_mean is not None:
-            sums["mean"] += _next_token_ce(logits_with(model, ids, {hookpoint: ablate_mean}), ids).sum().item()
-        if residual:
-            sums["skip"] += _next_token_ce(logits_skipping_block(model, ids, skip_layer), ids).sum().item()
-        n_tokens += ids[:, 1:].numel()
-    avg = {name: value / n_tokens for name, value in sums.items()}
+        # The layers below the hook point run once; each variant runs only the rest of the model.
+        layers = [point.layer, skip_layer, skip_layer + 1] if residual else [point.layer]
+        streams, clean = residuals_and_logits(model, ids, layers)
+
+        def variant(edit: Edit) -> Tensor:
+            return _next_token_ce(logits_from_block(model, ids, point.layer, streams[point.layer], {hookpoint: edit}), ids)
+
+        spliced = logits_from_block(model, ids, point.layer, streams[point.layer], {hookpoint: reconstruct})
+        none = torch.zeros(ids.shape[0], device=clean.device)
+        columns = {
+            "n": torch.full_like(none, ids.shape[1] - 1),
+            "clean": _next_token_ce(clean, ids).sum(1),
+            "sae": _next_token_ce(spliced, ids).sum(1),
+            "kl": _kl(clean, spliced).sum(1),
+            "zero": variant(zero).sum(1),
+            "mean": none if ablate_mean is None else variant(ablate_mean).sum(1),
+            "skip": _next_token_ce(_logits_skipping(model, ids, skip_layer, streams), ids).sum(1) if residual else none,
+        }
+        rows.append(torch.stack([columns[name] for name in _COLUMNS], 1).double())
+    sums = torch.cat(rows).cpu()  # (n_contexts, 7); one host transfer at the end
+    totals = dict(zip(_COLUMNS, sums.sum(0).tolist()))
+    n_tokens = int(totals["n"])
+    avg = {name: value / n_tokens for name, value in totals.items()}
     return LossRecovered(
-        hookpoint=hookpoint, n_tokens=n_tokens, ce_clean=avg["clean"], ce_sae=avg["sae"], ce_zero=avg["zero"],
-        ce_mean=avg["mean"] if mean is not None else None, ce_skip=avg["skip"] if residual else None, kl=avg["kl"],
+        hookpoint=hookpoint, n_tokens=n_tokens, n_contexts=sums.shape[0], ce_clean=avg["clean"], ce_sae=avg["sae"],
+        ce_zero=avg["zero"], ce_mean=avg["mean"] if mean is not None else None,
+        ce_skip=avg["skip"] if residual else None, kl=avg["kl"], skip_layer=skip_layer if residual else None,
+        ci=_intervals(sums, mean=mean is not None, residual=residual),
     )

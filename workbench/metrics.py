@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.stats import Interval, intervals
+
 if TYPE_CHECKING:
     from workbench.sae import SAE
 
@@ -67,6 +69,12 @@ class ReconstructionMetrics:
     feature_density: Float[Tensor, " d_sae"] = field(repr=False)
     """Per feature, the fraction of tokens on which it fired (on the CPU, float64)."""
 
+    n_contexts: int | None = None
+    """Number of contexts the tokens came from, when batches were ``[contexts, seq, d_in]``."""
+
+    fvu_ci: Interval | None = None
+    """95% interval of ``fvu`` (bootstrap over contexts), when batches were ``[contexts, seq, d_in]``."""
+
     def to_dict(self) -> dict[str, Any]:
         """The scalar metrics as a JSON-able dict (without ``feature_density``)."""
         return {
@@ -82,6 +90,9 @@ class ReconstructionMetrics:
             "dense_fraction": self.dense_fraction,
             "dense_threshold": self.dense_threshold,
             "d_sae": self.feature_density.numel(),
+            "n_contexts": self.n_contexts,
+            "ci": {} if self.fvu_ci is None else {"fvu": list(self.fvu_ci),
+                                                  "explained_variance": [1 - self.fvu_ci.high, 1 - self.fvu_ci.low]},
         }
 
     def feature_density_list(self) -> list[float]:
@@ -103,7 +114,9 @@ def reconstruction_metrics(
     run through ``sae(x)``, whose ``x_hat`` and ``feature_acts`` are used; a feature is active
     on a token when its activation is nonzero. Only running sums are kept: the
     per-dimension mean and squared deviation (merged batch by batch, Chan et al.), the
-    squared error, a histogram of per-token L0 and per-feature firing counts.
+    squared error, a histogram of per-token L0 and per-feature firing counts. When every batch
+    is ``[contexts, seq, d_in]``, a few sums per context are kept too, for a bootstrap interval
+    of the FVU over contexts (tokens of one context are not independent).
     """
     if not 0 <= dense_threshold <= 1:
         raise ValueError(f"dense_threshold is a fraction of tokens in [0, 1], got {dense_threshold}")
@@ -115,6 +128,7 @@ def reconstruction_metrics(
     sq_err = torch.zeros((), dtype=torch.float64, device=param.device)
     fires = torch.zeros(d_sae, dtype=torch.long, device=param.device)
     l0_hist = torch.zeros(d_sae + 1, dtype=torch.long, device=param.device)
+    per_context: list[Tensor] | None = []  # (contexts, 3 + d_in): tokens, sq. error, sum ||x||^2, sum x
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
@@ -124,7 +138,15 @@ def reconstruction_metrics(
         out = sae(x)
         acts, x_hat = out.feature_acts, out.x_hat
         x64 = x.double()
-        sq_err += (x64 - x_hat.double()).pow(2).sum()
+        err = (x64 - x_hat.double()).pow(2).sum(-1)  # (B,)
+        sq_err += err.sum()
+        if per_context is not None and batch.dim() == 3:
+            c, t = batch.shape[:2]
+            per_context.append(torch.cat([torch.full((c, 1), float(t), dtype=torch.float64, device=x.device),
+                                          err.view(c, t, 1).sum(1), x64.pow(2).sum(-1).view(c, t, 1).sum(1),
+                                          x64.view(c, t, d_in).sum(1)], 1))
+        else:
+            per_context = None
         # Merge this batch's mean and squared deviation into the running ones.
         b = x.shape[0]
         b_mean = x64.mean(0)
@@ -152,6 +174,7 @@ def reconstruction_metrics(
         for q in L0_QUANTILES
     }
     density = fires.cpu().double() / n
+    fvu_ci = None if not per_context else intervals(torch.cat(per_context), {"fvu": _fvu_of_sums})["fvu"]
     return ReconstructionMetrics(
         n_tokens=n,
         mse_per_token=total_sq_err / n,
@@ -165,7 +188,15 @@ def reconstruction_metrics(
         dense_fraction=float((density > dense_threshold).double().mean()),
         dense_threshold=dense_threshold,
         feature_density=density,
+        n_contexts=None if not per_context else sum(rows.shape[0] for rows in per_context),
+        fvu_ci=fvu_ci,
     )
+
+
+def _fvu_of_sums(totals: Float[Tensor, "r 3+d"]) -> Float[Tensor, " r"]:
+    """FVU from column sums (tokens, squared error, sum ||x||^2, sum x): error / total squared deviation."""
+    n, err, sq, s = totals[:, 0], totals[:, 1], totals[:, 2], totals[:, 3:]
+    return err / (sq - s.pow(2).sum(-1) / n)
 
 
 class DensityHistogram(NamedTuple):

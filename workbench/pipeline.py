@@ -143,7 +143,7 @@ class SAEEvaluation:
 
     @property
     def summary(self) -> str:
-        """One sentence: the extra loss as a percentage of zero-ablation's."""
+        """One sentence with 95% intervals: the loss the SAE adds, against the fair baseline of its hook point."""
         return self.loss_recovered.sentence()
 
     def to_dict(self) -> dict:
@@ -159,10 +159,11 @@ def evaluate_sae(model: Model, sae: SAE, hookpoint: str, *, tokens: int = 8192, 
     n_contexts = -(-tokens // (ctx_len - 1))
     contexts = token_contexts(model.tokenizer, corpus, n_contexts=n_contexts, ctx_len=ctx_len, seed=seed, split="test",
                               bos_token_id=model.bos_token_id)
-    batches = (run_to(model, [hookpoint], ids)[hookpoint][:, 1:].flatten(0, 1).float() for ids in contexts.split(batch_size))
-    recon = reconstruction_metrics(sae, batches)
+    batches = (run_to(model, [hookpoint], ids)[hookpoint][:, 1:].float() for ids in contexts.split(batch_size))
+    recon = reconstruction_metrics(sae, batches)  # [contexts, seq, d] batches: the FVU gets an interval
     recovered = loss_recovered(model, sae, hookpoint, contexts, batch_size=batch_size, mean=mean, progress=progress)
-    return SAEEvaluation({"corpus": corpus, "split": "test", "tokens": recon.n_tokens}, recon, recovered)
+    heldout = {"corpus": corpus, "split": "test", "tokens": recon.n_tokens, "contexts": recon.n_contexts}
+    return SAEEvaluation(heldout, recon, recovered)
 
 
 def load_run_sae(path: str | Path) -> SAE:
