@@ -2,7 +2,8 @@
 
 Trains each requested (hook point, architecture) on the first ``--rows`` rows of one store and
 measures it on held-out text (the corpus's test split): FVU, L0, dead fraction, CE clean / with the
-SAE / zero-ablated, CE increase in nats, KL and loss recovered. The same recipe as
+SAE / zero-ablated, CE increase in nats, KL and loss recovered, each with its 95% interval
+(bootstrap over held-out contexts). The same recipe as
 ``workbench train`` (``pipeline.train_config``), with the data held in memory.
 
     workbench capture --hookpoint blocks.15.hook_mlp_out --hookpoint blocks.15.hook_resid_post \\
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, help="HOOKPOINT:ARCH, repeatable")
     parser.add_argument("--rows", type=int, default=150_000, help="training rows (the first ones of the store)")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--eval-tokens", type=int, default=TrainRunConfig.eval_tokens)
     parser.add_argument("--l1", type=float, default=TrainRunConfig.l1)
     for name in ("d_sae", "k", "epochs", "batch_size", "lr", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float if name == "lr" else int,
@@ -76,6 +77,9 @@ def main() -> None:
             "ce_increase": round(lr.ce_increase, 4), "kl": round(lr.kl, 4),
             "loss_recovered": round(lr.loss_recovered, 4),
             "loss_recovered_skip": None if lr.loss_recovered_skip is None else round(lr.loss_recovered_skip, 4),
+            "ci95": {**{name: [round(v, 4) for v in ci] for name, ci in lr.ci.items()},
+                     "fvu": None if rc.fvu_ci is None else [round(v, 4) for v in rc.fvu_ci]},
+            "summary": evaluation.summary,
         }, default=float), flush=True)
 
 
