@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,8 @@ from workbench.capture import capture, run_to
 from workbench.cli import main as cli_main
 from workbench.models import ModelError, load_model
 from workbench.store import ActivationStore
+
+from conftest import child_process, wait_until
 
 
 def _contexts(n: int, ctx_len: int = 12) -> torch.Tensor:
@@ -106,14 +106,12 @@ def test_kill_9_mid_capture_resumes_to_an_identical_store(tmp_path, local_model_
     assert cli_main(_capture_args(local_model_dir, corpus, reference, tokens) + ["--out", str(reference)]) == 0
 
     env = {**os.environ, "WORKBENCH_CAPTURE_DELAY": "0.2"}  # slow the child down so the kill lands mid-run
-    child = subprocess.Popen([sys.executable, "-m", "workbench.cli", *_capture_args(local_model_dir, corpus, resumed, tokens),
-                              "--out", str(resumed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (resumed / "shard_00002.safetensors").exists():
-        assert child.poll() is None and time.time() < deadline, "capture ended before it could be killed"
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    command = [sys.executable, "-m", "workbench.cli", *_capture_args(local_model_dir, corpus, resumed, tokens),
+               "--out", str(resumed)]
+    with child_process(command, tmp_path / "child.log", env=env) as child:
+        wait_until(child, (resumed / "shard_00002.safetensors").exists, "third shard")
+        child.kill()
+        assert child.wait() == -signal.SIGKILL
     partial = ActivationStore.open(resumed)
     assert not partial.complete and 0 < partial.n_contexts < 40
 

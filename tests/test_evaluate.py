@@ -45,7 +45,9 @@ def test_perfect_and_zero_reconstructions(llama_tiny, hookpoint):
     assert zero.ce_sae == pytest.approx(zero.ce_zero, abs=1e-5) and zero.loss_recovered == pytest.approx(0, abs=1e-3)
     assert zero.ce_mean == pytest.approx(zero.ce_zero, abs=1e-5)
     assert (zero.ce_skip is None) == ("resid" not in hookpoint)
-    assert "of zero-ablating" in zero.sentence() and zero.to_dict()["loss_recovered"] == zero.loss_recovered
+    assert ("of zero-ablating" in zero.sentence()) != zero.residual
+    assert ("of skipping the block" in zero.sentence()) == zero.residual
+    assert zero.to_dict()["loss_recovered"] == zero.loss_recovered and len(zero.to_dict()["ci"]["kl"]) == 2
 
 
 def test_mismatched_width_is_a_clear_error(llama_tiny):
@@ -62,3 +64,68 @@ def test_skipping_a_block_equals_a_hook_that_returns_its_input(llama_tiny):
     handle.remove()
     assert torch.allclose(logits_skipping_block(llama_tiny, ids, 1), expected, atol=1e-6)
     assert torch.allclose(logits_with(llama_tiny, ids), llama_tiny.hf(ids).logits, atol=1e-6)
+
+
+# ---- an independent reference: plain transformers forward hooks, no nnsight ------------------
+@pytest.fixture
+def sharp_llama(llama_tiny):
+    """The tiny Llama with weights drawn at std 0.3: peaked next-token distributions, so that every
+    edit below moves the CE and the KL by a clear margin (at the default init they barely move)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in llama_tiny.hf.parameters():
+            if p.ndim == 2:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return llama_tiny
+
+
+def _reference(hf, ids, module=None, edit=None):
+    """HF's own next-token loss and logits, with ``edit(output, input)`` written over ``module``'s
+    output at every position but the BOS."""
+
+    def hook(_, args, output):
+        edited = output.clone()
+        edited[:, 1:] = edit(output[:, 1:], args[0][:, 1:])
+        return edited
+
+    handle = module.register_forward_hook(hook) if module is not None else None
+    try:
+        with torch.no_grad():
+            out = hf(ids, labels=ids)  # HF shifts: the logits at t predict the token at t + 1
+    finally:
+        if handle is not None:
+            handle.remove()
+    return out.loss.item(), out.logits
+
+
+SPLICES = {  # hook point: (the module whose output it is, the block its skip baseline removes)
+    "blocks.1.hook_mlp_out": ("model.layers.1.mlp", None),
+    "blocks.1.hook_resid_post": ("model.layers.1", 1),
+    "blocks.2.hook_resid_pre": ("model.layers.1", 1),  # enters block 2 = leaves block 1; block 1 wrote it
+}
+
+
+@pytest.mark.parametrize("hookpoint", list(SPLICES))
+def test_matches_plain_forward_hooks(sharp_llama, hookpoint):
+    """A half-scale reconstruction, a non-zero mean and the skip baseline, each against HF's own loss."""
+    ids, mean = _ids(), torch.randn(32)
+    got = loss_recovered(sharp_llama, FixedSAE(32, 0.5), hookpoint, ids, batch_size=4, mean=mean)
+    hf = sharp_llama.hf
+    module_name, skip = SPLICES[hookpoint]
+    module = hf.get_submodule(module_name)
+    ce_clean, clean = _reference(hf, ids)
+    ce_sae, spliced = _reference(hf, ids, module, lambda out, _: 0.5 * out)
+    p, q = clean[:, :-1].log_softmax(-1), spliced[:, :-1].log_softmax(-1)
+    expected = {
+        "ce_clean": ce_clean,
+        "ce_sae": ce_sae,
+        "ce_zero": _reference(hf, ids, module, lambda out, _: torch.zeros_like(out))[0],
+        "ce_mean": _reference(hf, ids, module, lambda out, _: mean.expand_as(out))[0],
+        "ce_skip": None if skip is None else _reference(hf, ids, hf.model.layers[skip], lambda _, inp: inp)[0],
+        "kl": (p.exp() * (p - q)).sum(-1).mean().item(),  # KL(clean || spliced)
+        "n_tokens": 6 * 9,
+    }
+    assert {name: getattr(got, name) for name in expected} == pytest.approx(expected, abs=1e-5)
+    # every edit moves the loss, so a baseline computed the wrong way cannot pass by coincidence
+    figures = [v for v in expected.values() if isinstance(v, float)]
+    assert min(abs(a - b) for i, a in enumerate(figures) for b in figures[i + 1:]) > 1e-3

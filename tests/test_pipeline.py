@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from workbench.cli import main as cli_main
 from workbench.pipeline import TrainRunConfig, load_run_sae
 from workbench.sae import SAE
 
-from conftest import wait_for_checkpoint
+from conftest import child_process, wait_for_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,12 +106,10 @@ def test_kill_9_mid_training_then_the_same_command_resumes_to_the_same_weights(t
     script.write_text(SLOW_CLI)
     args = train_args(local_model_dir, corpus, resumed) + ["--eval-tokens", "0"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-    wait_for_checkpoint(child, resumed, step=50)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    child.stderr.close()
+    with child_process([sys.executable, str(script), *args], tmp_path / "child.log", env=env) as child:
+        wait_for_checkpoint(child, resumed, step=50)
+        child.kill()
+        assert child.wait() == -signal.SIGKILL
     assert not (resumed / "metrics.json").exists()  # killed mid-run
 
     assert cli_main(args) == 0  # the same command, now resuming

@@ -1,5 +1,5 @@
 """Tests for workbench.sae: exact small-weight checks, training losses, constraints, folding,
-the saved-folder format (and SAELens compatibility, where sae_lens is installed), and recovery
+the saved-folder format and its round trip through SAELens (a test dependency), and recovery
 of known sparse features from synthetic data."""
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def test_topk_sparse_backward_matches_dense_autograd(subtract_b_dec, with_aux):
 def test_topk_matches_sparsify():
     """The same weights in EleutherAI's sparsify give the same reconstruction and gradients
     (sparsify's loss is the FVU, ours the summed MSE: the gradients differ by that factor)."""
-    sparsify = pytest.importorskip("sparsify")
+    import sparsify
     torch.manual_seed(2)
     ours = randomized(make("topk", k=4))
     theirs = sparsify.SparseCoder(D_IN, sparsify.SparseCoderConfig(num_latents=D_SAE, k=4))
@@ -575,7 +575,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", SAELENS_SPECS)
 def test_sae_lens_loads_workbench_folders(tmp_path, name):
-    sae_lens = pytest.importorskip("sae_lens")
+    import sae_lens
     sae = randomized(make(name, hook_name="blocks.1.hook_resid_post", model_name="tiny"))
     sae.save(tmp_path / "wb")
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "wb"))
@@ -603,7 +603,7 @@ def _random_saelens(module, generator):
 @pytest.mark.parametrize("kind", ["standard", "standard_no_b_dec", "topk", "topk_training_rescaled", "jumprelu",
                                   "jumprelu_training", "gated", "batchtopk_training"])  # fmt: skip
 def test_workbench_loads_sae_lens_folders(tmp_path, kind):
-    sl = pytest.importorskip("sae_lens")
+    import sae_lens as sl
     g = torch.Generator().manual_seed(7)
     common = {"d_in": D_IN, "d_sae": D_SAE}
     if kind == "standard":
@@ -646,7 +646,7 @@ def test_workbench_loads_sae_lens_folders(tmp_path, kind):
 
 
 def test_sae_lens_reads_the_pre_6_cfg_as_workbench_does(tmp_path):
-    sl = pytest.importorskip("sae_lens")
+    import sae_lens as sl
     g = torch.Generator().manual_seed(3)
     tensors = {"W_enc": torch.randn(D_IN, D_SAE, generator=g), "b_enc": torch.randn(D_SAE, generator=g),
                "W_dec": torch.randn(D_SAE, D_IN, generator=g), "b_dec": torch.randn(D_IN, generator=g)}  # fmt: skip
@@ -679,7 +679,24 @@ RECOVERY = {  # name: (config overrides, learning rate)
     "gated": ({"architecture": "gated", "l1_coefficient": 1.0}, 1e-2),
     "topafa": ({"architecture": "topafa"}, 1e-2),
 }
-MUST_RECOVER = {"relu", "relu_april", "topk"}
+# The share of the 64 true features each must recover: a bit below its figure here (in the
+# comment, with the range over six initialisation seeds after it); a broken trainer recovers
+# none (a JumpReLU without its threshold gradient or its L0 penalty: 0%).
+MIN_RECOVERED = {
+    "relu": 0.95,  # 100% (100-100%)
+    "relu_april": 0.95,  # 100% (100-100%)
+    "topk": 0.95,  # 100% (100-100%)
+    "gated": 0.9,  # 100% (97-100%)
+    "jumprelu": 0.7,  # 92% (73-95%)
+    "batchtopk": 0.6,  # 70% (70-83%)
+    # top-AFA keeps, per token, its largest features until their norm adds up to ||x - b_dec||,
+    # and nothing else asks for sparsity. A dense code meets that norm as well as the true sparse
+    # one and reconstructs better, so the MSE wins: L0 30 where the data has 3, the best decoder
+    # row per true feature at a median cosine of 0.5, held-out FVU 0.013 (topk: 0.17). Not a
+    # workbench bug: the same without b_enc, as in the reference code (SewoongLee/top-afa-sae),
+    # and at d_in 256, d_sae 1024 (L0 145). The test checks it as a faithful SAE instead.
+    "topafa": 0.0,  # 0% (0-0%)
+}
 RECOVERED: dict[str, float] = {}
 
 
@@ -735,5 +752,12 @@ def test_recovers_known_sparse_features(name, one_thread):
     print(f"{name}: {fraction:.1%} of true features matched at cosine >= 0.9 "
           f"(l0 {out.losses['l0'].item():.1f}, mse {out.losses['mse'].item():.3f})")  # fmt: skip
     assert math.isfinite(out.loss.item()) and out.losses["mse"].item() < first_mse
-    if name in MUST_RECOVER:
-        assert fraction >= 0.9
+    assert fraction >= MIN_RECOVERED[name]
+    if name == "topafa":  # it reconstructs held-out data, with ||f|| within a few % of ||x||
+        x = sample(4096)
+        with torch.no_grad():
+            f = sae.encode(x).feature_acts
+            fvu = (sae.decode(f) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+            gap = (f.norm(dim=1) - x.norm(dim=1)).abs().mean() / x.norm(dim=1).mean()
+        print(f"topafa: held-out FVU {fvu:.4f}, mean | ||f|| - ||x|| | / ||x|| {gap:.4f}")
+        assert fvu < 0.03 and gap < 0.03

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,8 @@ import torch
 from safetensors import safe_open
 
 from workbench.store import ActivationStore, ActivationWriter, StoreError
+
+from conftest import child_process, wait_until
 
 CTX_LEN = 8
 HOOKPOINTS = {"blocks.0.hook_resid_post": 6, "blocks.1.hook_mlp_out": 4}
@@ -277,20 +278,10 @@ def test_sigkill_mid_capture_then_resume_is_byte_identical(tmp_path):
         f"test_store.capture({str(run)!r}, {n_contexts}, batch=2, cps={cps}, delay=0.05)"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", child], env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not (run / "shard_00001.safetensors").exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the child never wrote its 2nd shard"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
+    with child_process([sys.executable, "-c", child], tmp_path / "child.log", env=env) as proc:
+        wait_until(proc, (run / "shard_00001.safetensors").exists, "2nd shard", timeout=60)
+        proc.kill()
         assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
 
     resumed = ActivationWriter(
         run, hookpoints=HOOKPOINTS, dtype=torch.float32, ctx_len=CTX_LEN, meta=META, contexts_per_shard=cps

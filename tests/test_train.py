@@ -26,7 +26,7 @@ from workbench.train import (
     train,
 )
 
-from conftest import wait_for_checkpoint
+from conftest import child_process, wait_for_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 D_IN, D_SAE, N_TRUE, BATCH = 16, 64, 48, 128
@@ -193,12 +193,10 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, str(script), str(out)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
-    wait_for_checkpoint(child, out, step=10)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
+    with child_process(command, tmp_path / "child.log", env=env) as child:
+        wait_for_checkpoint(child, out, step=10)
+        child.kill()
+        assert child.wait() == -signal.SIGKILL
     assert not sae_dir(out).exists()  # killed mid-run
 
     finished = subprocess.run(command, env=env, capture_output=True, timeout=300)
