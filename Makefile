@@ -1,5 +1,6 @@
 # Two entry points, each creating everything it needs from nothing:
-#   make run   - set up, then execute the quickstart notebook into build/ (with its HTML export)
+#   make run   - set up, then execute the quickstart notebook into build/ (papermill, through
+#                workbench.report so that no widget state is stored) and export it to HTML
 #   make test  - set up, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,9 +25,9 @@ $(VENV)/.setup-done: pyproject.toml
 
 run: setup
 	mkdir -p $(BUILD)/notebooks
-	$(BIN)/papermill notebooks/$(NOTEBOOK).ipynb $(BUILD)/notebooks/$(NOTEBOOK).ipynb -k python3 \
+	$(BIN)/python -m workbench.report notebooks/$(NOTEBOOK).ipynb $(BUILD)/notebooks/$(NOTEBOOK).ipynb \
 		-p out_dir $(BUILD)/$(NOTEBOOK) -p results_path $(BUILD)/$(NOTEBOOK)/results.json
-	$(BIN)/jupyter nbconvert --to html --ClearMetadataPreprocessor.enabled=True $(BUILD)/notebooks/$(NOTEBOOK).ipynb
+	$(BIN)/jupyter nbconvert --to html $(BUILD)/notebooks/$(NOTEBOOK).ipynb
 	@echo "executed notebook and HTML: $(BUILD)/notebooks/$(NOTEBOOK).ipynb, $(BUILD)/notebooks/$(NOTEBOOK).html"
 
 test: setup

@@ -1,11 +1,18 @@
-"""Shared fixtures: seeding, tiny random-config models of three families, no downloads."""
+"""Shared fixtures: seeding, tiny random-config models of three families (no downloads), the
+quickstart notebook executed once per session, and headless Chromium for the browser tests."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +29,7 @@ from transformers import (
 )
 
 VOCAB = 64
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 @pytest.fixture(autouse=True)
@@ -82,18 +90,122 @@ def local_model_dir(tmp_path) -> Path:
     return folder
 
 
-def wait_for_checkpoint(child: subprocess.Popen, out_dir: Path, step: int, timeout: float = 120) -> None:
-    """Wait until the training run in ``child`` has checkpointed ``step`` (or later) into ``out_dir``.
+@contextmanager
+def child_process(command: list[str], log: Path, **popen) -> Iterator[subprocess.Popen]:
+    """Run ``command`` in a session of its own, its output to ``log``. On the way out, pass or fail,
+    SIGKILL its whole process group, so that nothing it started outlives the test; on a failure,
+    print the end of ``log`` (pytest shows it with the failure)."""
+    with open(log, "wb") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    try:
+        yield child
+    except BaseException:
+        print(f"--- end of the child's output ({log}) ---\n{log.read_text(errors='replace')[-4000:]}")
+        raise
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
-    Fails with the child's stderr if it ended first: a kill must land mid-run.
-    """
-    state = out_dir / "checkpoint" / "state.json"
+
+def wait_until(child: subprocess.Popen, reached: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Poll ``reached()`` until it holds, so that a kill that follows lands mid-run at a known point.
+    Fails if ``child`` ends first or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and child.poll() is None:
-        try:
-            if json.loads(state.read_text())["step"] >= step:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being swapped
-            pass
+    while not reached():
+        assert child.poll() is None, f"the child ended (code {child.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
         time.sleep(0.02)
-    assert child.poll() is None, child.stderr.read().decode() if child.stderr else "the run ended before the kill"
+
+
+def wait_for_checkpoint(child: subprocess.Popen, out_dir: Path, step: int, timeout: float = 120) -> None:
+    """Wait until the training run in ``child`` has checkpointed ``step`` (or later) into ``out_dir``."""
+    state = out_dir / "checkpoint" / "state.json"
+
+    def reached() -> bool:
+        try:
+            return json.loads(state.read_text())["step"] >= step
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being swapped
+            return False
+
+    wait_until(child, reached, f"checkpoint of step {step} in {out_dir}", timeout)
+
+
+QUICKSTART_SMALL = dict(tokens=3000, ctx_len=64, d_sae=256, k=8, epochs=2, batch_size=256, eval_tokens=504,
+                        n_features_shown=2)
+"""Parameters that run notebooks/01_quickstart.ipynb on the real model in about a minute on CPU."""
+
+
+@dataclass
+class ExecutedNotebook:
+    """A notebook run by :func:`workbench.report.execute_notebook`."""
+
+    path: Path
+    """The executed copy (.ipynb)."""
+    results: dict
+    """The JSON the notebook wrote to its ``results_path``."""
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory) -> ExecutedNotebook:
+    """The quickstart notebook executed once per session with :data:`QUICKSTART_SMALL`
+    (shared by tests/test_notebooks.py and the browser tests of its HTML export)."""
+    from workbench.report import execute_notebook
+
+    folder = tmp_path_factory.mktemp("quickstart")
+    results = folder / "results.json"
+    execute_notebook(NOTEBOOKS / "01_quickstart.ipynb", folder / "01_quickstart.ipynb",
+                     {"out_dir": str(folder / "out"), "results_path": str(results), **QUICKSTART_SMALL},
+                     cwd=folder)
+    return ExecutedNotebook(folder / "01_quickstart.ipynb", json.loads(results.read_text()))
+
+
+# ---- headless Chromium for tests/browser: skipped where missing, except in CI (CI set), where they
+# fail, since .ci/run installs Chromium from the Debian packages and a skip would hide a broken set-up.
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+
+OFFLINE_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # no network: CDNs fail at once
+)
+"""Flags of every run: headless, as root, reproducible pixels, and no network but localhost."""
+
+
+@dataclass
+class Chromium:
+    """A Chromium executable, run headless and offline."""
+
+    path: str
+
+    def run(self, profile: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run with a throwaway profile folder and ``args`` (e.g. ``--dump-dom URL``); returns
+        the finished process (stdout: the dumped DOM, if asked)."""
+        return subprocess.run(
+            [self.path, *OFFLINE_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Chromium:
+    """Headless Chromium; skips (fails under CI) where there is none."""
+    if CHROMIUM is None:
+        message = "no chromium on PATH (Debian: apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the browser tests (.ci/run installs it)", pytrace=False)
+        pytest.skip(message)
+    return Chromium(CHROMIUM)

@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
 
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
-def execute(name: str, tmp_path: Path, **parameters) -> dict:
-    """Run ``notebooks/<name>.ipynb`` with papermill; return the results JSON it wrote."""
-    import papermill
+def outputs(path) -> list[dict]:
+    """Every output of every code cell of the notebook at ``path``, in order."""
+    notebook = json.loads(path.read_text())
+    return [o for cell in notebook["cells"] if cell["cell_type"] == "code" for o in cell.get("outputs", [])]
 
-    results = tmp_path / "results.json"
-    papermill.execute_notebook(
-        str(NOTEBOOKS / f"{name}.ipynb"),
-        str(tmp_path / f"{name}.ipynb"),
-        parameters={"out_dir": str(tmp_path / "out"), "results_path": str(results), **parameters},
-        kernel_name="python3",
-        progress_bar=False,
-        cwd=str(tmp_path),
-    )
-    return json.loads(results.read_text())
+
+def plain_text(output: dict) -> str:
+    text = output.get("data", {}).get("text/plain", output.get("text", ""))
+    return "".join(text) if isinstance(text, list) else text
 
 
 @pytest.mark.slow
-def test_quickstart_trains_and_evaluates_an_sae(tmp_path):
-    results = execute("01_quickstart", tmp_path, tokens=3000, ctx_len=64, d_sae=256, k=8, epochs=2, batch_size=256,
-                      eval_tokens=504, n_features_shown=2)
+def test_quickstart_trains_and_evaluates_an_sae(quickstart):
+    results = quickstart.results
     store = results["store"]
     assert store["complete"] and store["contexts"] == 48 and store["rows"] == 48 * 63
     stats = results["activation_stats"]
@@ -46,14 +40,46 @@ def test_quickstart_trains_and_evaluates_an_sae(tmp_path):
     # Even a tiny SAE trained for seconds beats zero-ablation, and loses something against the clean model.
     assert recovered["ce_clean"] < recovered["ce_sae"] < recovered["ce_zero"]
     assert 0 < recovered["loss_recovered"] < 1
-    assert "% of zero-ablating the MLP" in results["summary"]
+    assert "of zero-ablating the MLP" in results["summary"]
     assert sum(results["density"]["counts"]) + results["density"]["n_dead"] == 256
     assert len(results["features"]) == 2
     for feature in results["features"].values():
         assert feature["density"] > 0 and len(feature["top_activations"]) == 5
         assert feature["top_activations"] == sorted(feature["top_activations"], reverse=True)
 
-    executed = (tmp_path / "01_quickstart.ipynb").read_text()
-    assert "wb-heatmap" in executed and "rgba(255, 140, 0" in executed  # the static fallback is in the outputs
+
+@pytest.mark.slow
+def test_quickstart_executed_copy_reads_as_a_report(quickstart):
+    """Each chart once, as small SVG (binned: counts, not raw values); progress bars in their
+    final state; heatmaps with their static HTML; no widget state (so nbconvert shows that HTML)."""
+    executed = quickstart.path.read_text()
+    found = outputs(quickstart.path)
+    assert len(executed) < 500_000, f"the executed notebook is {len(executed):,} bytes"
+    assert "Plotly" not in executed and "plotly" not in executed
+
+    charts = [o for o in found if "image/svg+xml" in o.get("data", {})]
+    titles = [plain_text(o) for o in charts]
+    assert titles == [
+        "Chart('Activation norms per token')",
+        "Chart('loss (scaled units), L0, dead fraction')",  # the live chart, once, in its final state
+        "Chart('Feature density on held-out text (%d of 256 features never fired)')"
+        % quickstart.results["density"]["n_dead"],
+    ]
+    for chart in charts:
+        svg = chart["data"]["image/svg+xml"]
+        svg = "".join(svg) if isinstance(svg, list) else svg
+        assert len(svg) < 60_000  # 100 binned counts, not 3,024 raw norms
+
+    bars = [plain_text(o) for o in found if "wb-progress" in "".join(o.get("data", {}).get("text/html", ""))]
+    steps = quickstart.results["train"]["steps"]
+    assert any(re.match(r"capture: 100% (\S+)/\1 \[", b) for b in bars), bars
+    assert f"train: 100% {steps}/{steps} [" in "\n".join(bars), bars
+    assert not any(" 0%" in b for b in bars), bars  # no bar left frozen at its start
+
+    heatmaps = [o for o in found if "wb-heatmap" in "".join(o.get("data", {}).get("text/html", ""))]
+    assert len(heatmaps) == 1 + 2  # the dimension on context 0, then each shown feature's contexts
+    assert all(WIDGET_VIEW in o["data"] for o in heatmaps)  # live in a kernel ...
+    widgets = [o for o in found if WIDGET_VIEW in o.get("data", {})]
+    assert len(widgets) == len(heatmaps)  # every widget output is a heatmap with its static twin
+    assert "widgets" not in json.loads(executed)["metadata"]  # ... static in the export
     assert "zero-ablating the MLP" in executed
-    assert executed.count("Plotly.newPlot") >= 3  # norms, training chart, density: as HTML, not only plotly JSON

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import traitlets
 
-from workbench import widgets
-from workbench.widgets import FeatureContexts, TokenHeatmap
+from workbench.widgets import FeatureContexts, TokenHeatmap, _frontend, heatmap
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -155,24 +154,24 @@ def test_contexts_reject_bad_rows(row, message):
 
 
 def test_display_token_makes_whitespace_visible():
-    assert widgets.display_token(" the") == " the"
-    assert widgets.display_token("\n\n") == "⏎⏎"
-    assert widgets.display_token("\tx\r\x00\x7f") == "⇥x␍␀␡"
-    assert widgets.display_token("") == "∅"
-    assert widgets.display_token("héllo ✓") == "héllo ✓"
+    assert heatmap.display_token(" the") == " the"
+    assert heatmap.display_token("\n\n") == "⏎⏎"
+    assert heatmap.display_token("\tx\r\x00\x7f") == "⇥x␍␀␡"
+    assert heatmap.display_token("") == "∅"
+    assert heatmap.display_token("héllo ✓") == "héllo ✓"
 
 
 def test_value_format_rounds_half_up_like_the_front_end():
-    assert widgets._fmt_value(0.0625) == "0.063"
-    assert widgets._fmt_value(2.5) == "2.500"
-    assert widgets._fmt_value(-0.0004) == "0.000"
-    assert widgets._fmt_value(-1.25) == "-1.250"
-    assert widgets._fmt_value(1234.5678) == "1234.568"
+    assert heatmap._fmt_value(0.0625) == "0.063"
+    assert heatmap._fmt_value(2.5) == "2.500"
+    assert heatmap._fmt_value(-0.0004) == "0.000"
+    assert heatmap._fmt_value(-1.25) == "-1.250"
+    assert heatmap._fmt_value(1234.5678) == "1234.568"
 
 
 def test_alpha_is_value_over_max_clipped():
-    assert [widgets._alpha_percent(v, 8.0) for v in (-1.0, 0.0, 1.0, 4.0, 8.0, 9.0)] == [0, 0, 13, 50, 100, 100]
-    assert widgets._alpha_percent(1.0, 0.0) == 0
+    assert [heatmap._alpha_percent(v, 8.0) for v in (-1.0, 0.0, 1.0, 4.0, 8.0, 9.0)] == [0, 0, 13, 50, 100, 100]
+    assert heatmap._alpha_percent(1.0, 0.0) == 0
 
 
 # --- static HTML ------------------------------------------------------------------------
@@ -234,13 +233,13 @@ def test_mimebundle_carries_widget_view_and_static_html():
 
 def test_inline_styles_match_the_css_file():
     """The static fallback inlines, class by class, the rules of token_heatmap.css."""
-    css = (widgets._FRONTEND / "token_heatmap.css").read_text()
+    css = (_frontend.FRONTEND / "token_heatmap.css").read_text()
     css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
     rules = {
         name: sorted(" ".join(d.split()) for d in body.split(";") if d.strip())
         for name, body in re.findall(r"\.(wb-[\w-]+)\s*\{([^}]*)\}", css)
     }
-    inline = {name: sorted(d.strip() for d in style.split(";")) for name, style in widgets._STYLES.items()}
+    inline = {name: sorted(d.strip() for d in style.split(";")) for name, style in heatmap._STYLES.items()}
     assert rules == inline
 
 
@@ -248,23 +247,23 @@ def test_inline_styles_match_the_css_file():
 
 
 def test_front_end_found_in_checkout_or_wheel(tmp_path, monkeypatch):
-    assert widgets._FRONTEND.name == "widgets" and (widgets._FRONTEND / "token_heatmap.js").is_file()
-    assert str(TokenHeatmap._esm) == (widgets._FRONTEND / "token_heatmap.js").read_text()
+    assert _frontend.FRONTEND.name == "widgets" and (_frontend.FRONTEND / "token_heatmap.js").is_file()
+    assert str(TokenHeatmap._esm) == (_frontend.FRONTEND / "token_heatmap.js").read_text()
 
     package = tmp_path / "workbench"
     (package / "_widgets").mkdir(parents=True)
     (package / "_widgets" / "token_heatmap.js").write_text("export default {}")
     (tmp_path / "widgets").mkdir()
     (tmp_path / "widgets" / "token_heatmap.js").write_text("export default {}")
-    monkeypatch.setattr(widgets, "__file__", str(package / "widgets.py"))
-    assert widgets._frontend_dir() == package / "_widgets"  # the wheel layout wins
+    monkeypatch.setattr(_frontend, "__file__", str(package / "widgets" / "_frontend.py"))
+    assert _frontend.frontend_dir() == package / "_widgets"  # the wheel layout wins
 
     (package / "_widgets" / "token_heatmap.js").unlink()
-    assert widgets._frontend_dir() == tmp_path / "widgets"
+    assert _frontend.frontend_dir() == tmp_path / "widgets"
 
     (tmp_path / "widgets" / "token_heatmap.js").unlink()
     with pytest.raises(FileNotFoundError, match="cannot find its front-end files.*_widgets.*widgets"):
-        widgets._frontend_dir()
+        _frontend.frontend_dir()
 
 
 # --- a real notebook: papermill, then nbconvert to HTML ---------------------------------
@@ -277,36 +276,32 @@ FeatureContexts.from_lists([["x", " y"]], [[3.0, 1.5]], labels=["doc 1"], color=
 
 
 def test_executed_notebook_and_its_html_export_show_the_heatmap(tmp_path, monkeypatch):
-    """Run a notebook with papermill and export it with nbconvert: the HTML shows the
+    """Run a notebook with workbench.report and export it with nbconvert: the HTML shows the
     heatmap (spans and colours) with no kernel and no JavaScript.
 
-    nbconvert prefers the widget view when the notebook stores widget state (which
-    papermill does by default), so the run passes store_widget_state=False, as the
-    notebook runner should (or export with --ClearMetadataPreprocessor.enabled=True).
+    nbconvert draws the widget view (JavaScript from a CDN) for widgets whose state the
+    notebook stores, which papermill does by default; execute_notebook stores none.
     """
-    nbformat = pytest.importorskip("nbformat")
-    papermill = pytest.importorskip("papermill")
+    import nbformat
     from nbconvert import HTMLExporter
 
-    repo = Path(widgets.__file__).resolve().parents[1]
+    from workbench.report import execute_notebook
+
+    repo = Path(heatmap.__file__).resolve().parents[2]
     monkeypatch.setenv("PYTHONPATH", str(repo))  # the kernel imports this checkout
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(NOTEBOOK_CELL)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "in.ipynb")
 
-    papermill.execute_notebook(
-        tmp_path / "in.ipynb",
-        tmp_path / "out.ipynb",
-        kernel_name="python3",
-        cwd=tmp_path,
-        progress_bar=False,
-        store_widget_state=False,
-    )
-    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs
+    execute_notebook(tmp_path / "in.ipynb", tmp_path / "out.ipynb", cwd=tmp_path)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert "widgets" not in executed.metadata
+    outputs = executed.cells[0].outputs
     assert [sorted(o["data"]) for o in outputs] == [[WIDGET_VIEW, "text/html", "text/plain"]] * 2
 
     exported, _ = HTMLExporter().from_filename(str(tmp_path / "out.ipynb"))
+    assert WIDGET_VIEW not in exported and "html-manager" not in exported  # no widget view, no CDN
     assert token_spans(exported) == ["<b>", " cat", "⏎", " sat", "x", " y"]
     assert "&lt;b&gt;" in exported and "<b></span>" not in exported
     assert backgrounds(exported) == [

@@ -1,6 +1,6 @@
 // Front end of workbench.widgets.TokenHeatmap and workbench.widgets.FeatureContexts.
 //
-// Builds the same DOM as the static fallback in workbench/widgets.py (_view and
+// Builds the same DOM as the static fallback in workbench/widgets/heatmap.py (_view and
 // _render_html): the helpers below are line-for-line twins of the Python ones,
 // and tests/browser/test_render.py renders both in Chromium and compares them.
 

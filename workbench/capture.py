@@ -16,10 +16,10 @@ from typing import Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from workbench.hookpoints import HookPoint
 from workbench.models import Model, load_model
+from workbench.progress import progress_bar
 from workbench.store import ActivationStore, ActivationWriter
 
 
@@ -109,7 +109,7 @@ def capture(
         keep_all &= attention_mask.bool()
     if drop_bos:
         keep_all[:, 0] &= contexts[:, 0] != model.bos_token_id
-    bar = tqdm(total=n_contexts * ctx_len, initial=start * ctx_len, unit="tok", unit_scale=True, desc="capture", disable=not progress)
+    bar = progress_bar(total=n_contexts * ctx_len, initial=start * ctx_len, unit="tok", unit_scale=True, desc="capture", disable=not progress)
     with bar:
         for first in range(start, n_contexts, batch_size):
             stop = min(first + batch_size, n_contexts)

@@ -169,14 +169,14 @@ def token_contexts(
         bos = eos
     documents = iter_documents(source, seed=seed, split=split)
 
-    from tqdm.auto import tqdm
+    from workbench.progress import progress_bar
 
     start = 1 if prepend_bos else 0
     width = ctx_len - start  # stream tokens per row
     needed = n_contexts * width
     stream = torch.empty(needed, dtype=torch.int64)  # (n_contexts * width,)
     filled = 0
-    with tqdm(total=n_contexts, unit="ctx", desc="token contexts", disable=not progress) as bar:
+    with progress_bar(total=n_contexts, unit="ctx", desc="token contexts", disable=not progress) as bar:
         for document in documents:
             ids = _encode(tokenizer, document.text)
             ids.append(eos)

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from workbench.intervene import Edit, logits_from_block, residuals_and_logits
 from workbench.models import Model
+from workbench.progress import progress_bar
 from workbench.stats import Interval, intervals
 
 
@@ -223,7 +223,7 @@ def loss_recovered(
     reconstruct = _keep_first(lambda x: sae(x.float()).x_hat)
     ablate_mean = None if mean is None else _keep_first(lambda x: mean.to(x).expand_as(x))
     rows: list[Tensor] = []  # per batch: (B, 7) sums per context, columns as _COLUMNS
-    for ids in tqdm(contexts.split(batch_size), desc="loss recovered", disable=not progress):
+    for ids in progress_bar(contexts.split(batch_size), desc="loss recovered", disable=not progress):
         ids = ids.to(model.device)
         # The layers below the hook point run once; each variant runs only the rest of the model.
         layers = [point.layer, skip_layer, skip_layer + 1] if residual else [point.layer]

@@ -11,10 +11,12 @@ first time, or the Hugging Face cache).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,8 +141,9 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype) -> tuple[nn.Module,
     # Offline, the hub client retries for most of a minute before giving up: ask only when it can answer.
     local_only = Path(source).exists() or _cached(str(source)) or not _hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+        with _no_progress_bars(local_only):
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+            hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError) as error:
         listed = ", ".join(available_models())
         where = "the Hugging Face hub is out of reach" if local_only else "the Hugging Face hub could not provide it"
@@ -150,6 +153,22 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype) -> tuple[nn.Module,
             f"Available here: {listed}. Online, any Hugging Face causal LM id works."
         ) from error
     return hf, tokenizer
+
+
+@contextlib.contextmanager
+def _no_progress_bars(quiet: bool = True) -> Iterator[None]:
+    """Hide transformers' progress bars (if ``quiet``): reading local weights takes a second,
+    and its bar, a notebook widget in a kernel, stays at 0% in an executed notebook."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet and was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _cached(repo_id: str) -> bool:

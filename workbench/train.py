@@ -721,9 +721,9 @@ def train(
     for sae in sae_list:
         sae.train()
 
-    from tqdm.auto import tqdm
+    from workbench.progress import progress_bar
 
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not progress, desc="train", unit="step")
+    bar = progress_bar(total=cfg.steps, initial=state.step, disable=not progress, desc="train", unit="step")
     logged_step = checkpointed_step = state.step
     fire("on_train_start")
 

@@ -21,15 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench import widgets
 from workbench.widgets import FeatureContexts, TokenHeatmap
-
-CHROMIUM = next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install -y chromium)"
-)
+from workbench.widgets._frontend import FRONTEND
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><link rel="stylesheet" href="token_heatmap.css"></head>
@@ -115,7 +108,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _serve_and_dump(folder: Path) -> subprocess.CompletedProcess:
+def _serve_and_dump(chromium, folder: Path) -> subprocess.CompletedProcess:
     """Serve `folder` on a throwaway 127.0.0.1 port and dump its index.html's DOM."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -123,25 +116,7 @@ def _serve_and_dump(folder: Path) -> subprocess.CompletedProcess:
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
-        return subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={folder / 'profile'}",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return chromium.run(folder / "profile", "--dump-dom", url)
     finally:
         server.shutdown()
         server.server_close()
@@ -199,14 +174,14 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict[str, dict]:
+def rendered(chromium, tmp_path_factory) -> dict[str, dict]:
     """Every case rendered in one Chromium run, by name."""
     folder = tmp_path_factory.mktemp("page")
     for name in ("token_heatmap.js", "token_heatmap.css"):
-        shutil.copy(widgets._FRONTEND / name, folder / name)
+        shutil.copy(FRONTEND / name, folder / name)
     cases = json.dumps(list(CASES.values())).replace("</", "<\\/")
     (folder / "index.html").write_text(PAGE.replace("__CASES__", cases), encoding="utf-8")
-    run = _serve_and_dump(folder)
+    run = _serve_and_dump(chromium, folder)
     found = re.search(r'<pre id="result">(.*?)</pre>', run.stdout, re.S)
     assert found, f"no result in the dumped DOM; chromium stderr:\n{run.stderr[-3000:]}"
     text = html.unescape(found.group(1))

@@ -1,18 +1,10 @@
-"""Notebook views of per-token results: `TokenHeatmap` and `FeatureContexts`.
+"""Token heatmaps: `TokenHeatmap` (one sequence) and `FeatureContexts` (several rows).
 
-Widgets hold no science. They take plain lists of token strings and floats computed
-elsewhere (e.g. a feature's activations over a context) and draw each token with a
-background whose opacity is its value over the maximum.
-
-Each widget is an anywidget: the traits below sync to `widgets/token_heatmap.js`
-(styled by `widgets/token_heatmap.css`). Its `_repr_mimebundle_` also carries a
-self-contained `text/html` rendering (`to_html()`: inline styles, no JavaScript), so a
-notebook viewed without a kernel still shows the picture.
-
-Example::
-
-    TokenHeatmap(tokens=["The", " cat", " sat"], values=[0.0, 2.5, 1.0], title="feature 7")
-    FeatureContexts.from_lists(top_tokens, top_values, labels=[f"doc {d}" for d in docs])
+Each token is drawn on a background whose opacity is its value over the maximum. The
+traits below sync to `widgets/token_heatmap.js` (styled by `widgets/token_heatmap.css`).
+Its `_repr_mimebundle_` also carries a self-contained `text/html` rendering (`to_html()`:
+inline styles, no JavaScript), so a notebook viewed without a kernel, and its HTML export,
+still show the picture.
 """
 
 from __future__ import annotations
@@ -22,31 +14,14 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import anywidget
 import traitlets as t
 
+from workbench.widgets._frontend import FRONTEND
+
 __all__ = ["FeatureContexts", "TokenHeatmap"]
-
-
-def _frontend_dir() -> Path:
-    """The folder holding the front-end files: `workbench/_widgets` in a wheel,
-    the top-level `widgets/` in a source checkout."""
-    package = Path(__file__).resolve().parent
-    candidates = (package / "_widgets", package.parent / "widgets")
-    for folder in candidates:
-        if (folder / "token_heatmap.js").is_file():
-            return folder
-    raise FileNotFoundError(
-        "workbench.widgets cannot find its front-end files (token_heatmap.js); looked in "
-        + " and ".join(str(c) for c in candidates)
-        + ". Reinstall workbench, or run from a checkout that has the top-level widgets/ folder."
-    )
-
-
-_FRONTEND = _frontend_dir()
 
 DEFAULT_COLOR = "#ff8c00"
 """Orange: rgba(255, 140, 0, value / max)."""
@@ -210,8 +185,8 @@ def _normalise_color(color: str) -> str:
 class _HeatmapView(anywidget.AnyWidget):
     """What TokenHeatmap and FeatureContexts share: colour scale, title, static HTML."""
 
-    _esm = _FRONTEND / "token_heatmap.js"
-    _css = _FRONTEND / "token_heatmap.css"
+    _esm = FRONTEND / "token_heatmap.js"
+    _css = FRONTEND / "token_heatmap.css"
 
     max_value = t.Float(
         0.0,

@@ -1,0 +1,230 @@
+"""Charts for notebooks and their exports: small SVG drawn by matplotlib, no JavaScript.
+
+A :class:`Chart` is finished SVG markup (text kept as text, a few kB to a few tens of kB)
+that shows the same in a live notebook, in the executed copy papermill writes and in its
+``jupyter nbconvert --to html`` export, offline. Charts draw numbers computed elsewhere:
+:func:`histogram` takes counts and bin edges (bin in Python first, e.g. with
+``torch.histogram`` or :func:`workbench.metrics.density_histogram`), never raw values.
+
+:class:`LiveChart` follows a training run: it is a :func:`workbench.train.train` callback
+that shows one chart under the cell and redraws it in place as history rows arrive, so the
+executed notebook holds it once, in its final state.
+
+Example::
+
+    counts, edges = torch.histogram(stats.norms, bins=100)
+    display(histogram(counts, edges, title="Activation norms", xlabel="L2 norm", log_y=True))
+
+    chart = LiveChart(["loss", "l0", "dead_fraction"]).show()
+    train(sae, batches, cfg, callbacks=[chart])
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from workbench.train import TrainState
+
+__all__ = ["Chart", "LiveChart", "histogram", "line_chart"]
+
+_STYLE = {
+    "svg.fonttype": "none",  # text stays text: smaller, selectable, drawn in the page's font
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "figure.dpi": 100,
+    "axes.formatter.useoffset": False,
+}
+_COLOUR = "#1f77b4"
+_WIDTH = 7.5  # inches: 540 pt, i.e. 720 CSS px, about a notebook output area's width
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A finished chart: SVG markup shown in notebooks and HTML exports without JavaScript."""
+
+    svg: str
+    """The chart as a standalone SVG document."""
+    title: str = ""
+    """What the chart shows, in words (its text/plain form)."""
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"image/svg+xml": self.svg, "text/plain": f"Chart({self.title!r})"}
+
+    def __repr__(self) -> str:
+        return f"Chart({self.title!r}, {len(self.svg):,} bytes of SVG)"
+
+
+def _figure(width: float, height: float, panels: int = 1) -> tuple[Figure, list]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _to_chart(fig: Figure, title: str) -> Chart:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    return Chart(buffer.getvalue(), title)
+
+
+def histogram(
+    counts: Float[Tensor, " bins"] | Sequence[float],
+    edges: Float[Tensor, " bins_plus_1"] | Sequence[float],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "count",
+    log_y: bool = False,
+    height: float = 2.8,
+) -> Chart:
+    """Bars of already-binned ``counts`` between consecutive ``edges`` (one more edge than counts).
+
+    ``log_y`` puts the counts on a log scale (empty bins are left blank).
+    """
+    import matplotlib
+
+    counts, edges = _floats(counts), _floats(edges)
+    if len(edges) != len(counts) + 1:
+        raise ValueError(f"need one more edge than counts; got {len(counts)} counts and {len(edges)} edges")
+    with matplotlib.rc_context(_STYLE):
+        fig, (ax,) = _figure(_WIDTH, height)
+        floor = 0.0
+        if log_y:
+            ax.set_yscale("log")
+            floor = 0.5  # empty bins sit on the baseline, invisible on a log axis
+            counts = [max(c, floor) for c in counts]
+        ax.stairs(counts, edges, baseline=floor, fill=True, color=_COLOUR, alpha=0.85)
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.set_xlim(edges[0], edges[-1])
+        if log_y:
+            ax.set_ylim(bottom=floor)
+        return _to_chart(fig, title)
+
+
+def line_chart(
+    rows: Iterable[dict[str, Any]],
+    keys: Sequence[str],
+    *,
+    x: str = "step",
+    titles: Sequence[str] | None = None,
+    series: str | None = "sae",
+    title: str = "",
+    height: float = 2.4,
+) -> Chart:
+    """One panel per key in ``keys``: ``row[key]`` against ``row[x]`` over ``rows``.
+
+    Rows are history rows such as :attr:`workbench.train.TrainResult.history`; with several
+    values of ``row[series]`` (several SAEs trained together) each gets its own line.
+    """
+    import matplotlib
+
+    rows = list(rows)
+    titles = list(titles) if titles is not None else list(keys)
+    if len(titles) != len(keys):
+        raise ValueError(f"need one title per key; got {len(keys)} keys and {len(titles)} titles")
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row.get(series) if series else None, []).append(row)
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(_WIDTH + 1.5, height, panels=len(keys))
+        for ax, key, panel_title in zip(axes, keys, titles):
+            drawn = []
+            for name, group in groups.items():
+                points = [(r[x], r[key]) for r in group if _finite(r.get(key))]
+                label = f"{series} {name}" if len(groups) > 1 else None
+                ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1.2, label=label)
+                drawn += [p[1] for p in points]
+            ax.set(title=panel_title, xlabel=x)
+            if drawn and min(drawn) >= 0:  # from 0: a steady L0 of 32 reads as steady, not as noise
+                ax.set_ylim(0, max(drawn) * 1.05 or 1)
+        if len(groups) > 1:
+            axes[-1].legend(fontsize=8, frameon=False)
+        if title:
+            fig.suptitle(title)
+        return _to_chart(fig, title or ", ".join(titles))
+
+
+class LiveChart:
+    """A :func:`line_chart` of training history that redraws in place while training runs.
+
+    Pass it to :func:`workbench.train.train` as a callback. :meth:`show` displays it once
+    under the cell (with a display id); every ``on_log`` redraws that display, at most once
+    per ``min_interval`` seconds and never so often that drawing takes more than 5% of the
+    time, and ``on_train_end`` draws the final state. In a kernel you watch it grow;
+    papermill's executed copy holds the chart once, finished.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str] = ("loss", "l0", "dead_fraction"),
+        *,
+        titles: Sequence[str] | None = None,
+        x: str = "step",
+        title: str = "",
+        min_interval: float = 1.0,
+    ) -> None:
+        self.keys, self.titles, self.x, self.title = list(keys), titles, x, title
+        self.min_interval = min_interval
+        self.rows: list[dict[str, Any]] = []
+        self._display = None
+        self._drawn_at = -math.inf
+        self._draw_seconds = 0.0  # how long the last redraw took
+
+    def chart(self) -> Chart:
+        """The chart of the rows seen so far."""
+        return line_chart(self.rows, self.keys, x=self.x, titles=self.titles, title=self.title)
+
+    def show(self) -> LiveChart:
+        """Display the chart under the current cell (once; later updates replace it)."""
+        from IPython.display import display
+
+        self._display = display(self.chart(), display_id=True)
+        self._drawn_at = time.monotonic()
+        return self
+
+    def update(self, rows: Iterable[dict[str, Any]], *, force: bool = False) -> None:
+        """Take ``rows`` as the whole history and redraw the shown chart (if shown), unless
+        it was drawn too recently and ``force`` is false."""
+        self.rows = list(rows)
+        wait = max(self.min_interval, 20 * self._draw_seconds)
+        if self._display is None or not (force or time.monotonic() - self._drawn_at >= wait):
+            return
+        started = time.monotonic()
+        self._display.update(self.chart())
+        self._drawn_at = time.monotonic()
+        self._draw_seconds = self._drawn_at - started
+
+    def on_log(self, state: TrainState) -> None:
+        self.update(state.history)
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.update(state.history, force=True)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return self.chart()._repr_mimebundle_()
+
+
+def _floats(values: Any) -> list[float]:
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    return [float(v) for v in values]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
