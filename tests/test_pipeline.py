@@ -64,15 +64,23 @@ def test_cli_train_writes_the_sae_and_metrics_and_eval_reads_them(tmp_path, loca
     assert metrics["reconstruction"]["l0_mean"] == pytest.approx(4.0)
     recovered = metrics["loss_recovered"]
     assert recovered["ce_zero"] > 0 and recovered["ce_clean"] > 0 and recovered["loss_recovered_mean"] is not None
-    assert "zero-ablating the MLP" in metrics["summary"]
+    assert "zero-ablating the MLP" in metrics["summary"] and "held-out tokens in" in metrics["summary"]
+    for name in ("loss_recovered", "ce_increase", "kl", "loss_recovered_mean"):
+        low, high = recovered["ci"][name]
+        assert low <= recovered[name] <= high, name
+    low, high = metrics["reconstruction"]["ci"]["fvu"]
+    assert low <= metrics["reconstruction"]["fvu"] <= high
 
     sae = load_run_sae(out)
     assert isinstance(sae, SAE) and sae.cfg.architecture == "topk" and sae.cfg.hook_name == "blocks.1.hook_mlp_out"
     assert sae.cfg.model_name == str(local_model_dir)
 
     assert cli_main(["eval", str(out), "--tokens", "120"]) == 0
-    evaluated = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    evaluated = json.loads(printed.out)
     assert evaluated["reconstruction"]["fvu"] == pytest.approx(metrics["reconstruction"]["fvu"], rel=1e-5)
+    # the run's store gives the mean-ablation baseline; the sentence goes to stderr
+    assert evaluated["loss_recovered"]["ce_mean"] is not None and "zero-ablating" in printed.err
 
 
 @pytest.mark.parametrize("arch", ["relu", "batchtopk", "jumprelu", "gated", "topafa"])

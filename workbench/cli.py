@@ -95,11 +95,28 @@ def _eval(args: argparse.Namespace) -> None:
 
     sae = load_run_sae(args.dir)
     run = run_config(args.dir)
+    hookpoint = args.hookpoint or sae.cfg.hook_name
     model = load_model(args.model or sae.cfg.model_name, device=args.device)
-    metrics = evaluate_sae(model, sae.to(args.device), args.hookpoint or sae.cfg.hook_name, tokens=args.tokens,
+    metrics = evaluate_sae(model, sae.to(args.device), hookpoint, tokens=args.tokens,
                            corpus=args.corpus or run.get("corpus", EMBEDDED_CORPUS),
-                           ctx_len=args.ctx_len or run.get("ctx_len", 128), seed=args.seed)
+                           ctx_len=args.ctx_len or run.get("ctx_len", 128), seed=args.seed,
+                           mean=_training_mean(args.dir, run, hookpoint), progress=True)
     print(json.dumps(metrics.to_dict(), indent=2, default=float))
+    print(metrics.summary, file=sys.stderr)
+
+
+def _training_mean(run_dir: str, run: dict, hookpoint: str):
+    """The hook point's mean over the run's training store (for mean-ablation), or None without a store."""
+    from pathlib import Path
+
+    from workbench.features import activation_stats
+    from workbench.store import ActivationStore
+
+    folder = Path(run.get("store") or Path(run_dir) / "store")
+    if not (folder / "manifest.json").is_file():
+        return None
+    store = ActivationStore.open(folder)
+    return activation_stats(store, hookpoint).mean if hookpoint in store.hookpoints else None
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -141,7 +158,8 @@ def parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("eval", help="held-out metrics of a trained SAE (JSON)")
     sub.add_argument("dir", help="run folder of `workbench train`, or an SAE folder (cfg.json + sae_weights.safetensors)")
-    sub.add_argument("--tokens", type=int, default=8192, help="held-out tokens (default: 8192)")
+    sub.add_argument("--tokens", type=int, default=TrainRunConfig.eval_tokens,
+                     help=f"held-out tokens (default: {TrainRunConfig.eval_tokens}, as `workbench train`)")
     sub.add_argument("--model", default=None, help="model (default: the one in the SAE's cfg.json)")
     sub.add_argument("--hookpoint", default=None, help="hook point (default: the one in the SAE's cfg.json)")
     sub.add_argument("--corpus", default=None,
