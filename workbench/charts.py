@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from workbench.train import TrainState
 
-__all__ = ["Chart", "LiveChart", "histogram", "line_chart"]
+__all__ = ["Chart", "LiveChart", "Table", "histogram", "line_chart", "table"]
 
 _STYLE = {
     "svg.fonttype": "none",  # text stays text: smaller, selectable, drawn in the page's font

@@ -1,7 +1,8 @@
 """How faithful is an SAE inside the model: the reconstructed transformer loss.
 
-:func:`loss_recovered` splices the SAE's reconstruction into the forward pass in place of the
-real activation and compares the next-token cross-entropy (CE) on held-out text with:
+:func:`faithfulness` (and :func:`loss_recovered`, its CE half) splices the SAE's reconstruction
+into the forward pass in place of the real activation and compares the next-token cross-entropy
+(CE) on held-out text with:
 
 - the clean model (``ce_clean``);
 - **zero-ablation** (``ce_zero``): the activation replaced by zeros, as SAELens's
@@ -17,8 +18,11 @@ real activation and compares the next-token cross-entropy (CE) on held-out text 
   ``loss_recovered``.
 
 ``kl`` is the mean KL divergence KL(clean || spliced) over next-token distributions.
-Positions that start a context (the BOS token) are left clean in every variant, since SAEs are
-trained without them; the CE is taken over every next-token prediction after position 0.
+Positions that start a context (the BOS token) are left clean in every variant, the skipped
+block included, since SAEs are trained without them; the CE is taken over every next-token
+prediction after position 0. Every figure has a 95% bootstrap interval over contexts
+(:mod:`workbench.stats`), and the layers below the hook point run once per batch
+(:func:`workbench.intervene.logits_from_block`).
 """
 
 from __future__ import annotations
@@ -141,10 +145,11 @@ def _range(interval: Interval | None, spec: str, *, percent_lost: bool = False) 
 
 
 def _recovered(baseline, ce, clean):
-    """(baseline - ce) / (baseline - clean), for floats or tensors of sums."""
-    if isinstance(baseline, Tensor):
-        return (baseline - ce) / (baseline - clean)
-    return (baseline - ce) / (baseline - clean) if baseline != clean else float("nan")
+    """(baseline - ce) / (baseline - clean), for floats or tensors of sums (NaN where the gap is 0)."""
+    gap = baseline - clean
+    if not isinstance(gap, Tensor) and gap == 0:
+        return float("nan")
+    return (baseline - ce) / gap
 
 
 def _intervals(sums: Float[Tensor, "n_contexts 7"], *, mean: bool, residual: bool) -> dict[str, Interval]:

@@ -7,10 +7,9 @@ Together with :mod:`workbench.capture`, this is the only module that opens ``mod
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-import weakref
 
 import torch
 from jaxtyping import Float, Int
@@ -75,7 +74,7 @@ def residuals_and_logits(
     streams are what :func:`logits_from_block` resumes from, so a caller that runs several
     variants of the upper layers pays for the lower ones once.
     """
-    n = len(model.hf.get_submodule(layout_for(model.hf).blocks))
+    n = model.n_layers
     streams = {}
     with model.nn.trace(input_ids.to(model.device)):
         for layer in sorted(set(layers)):
