@@ -129,3 +129,34 @@ def test_matches_plain_forward_hooks(sharp_llama, hookpoint):
     # every edit moves the loss, so a baseline computed the wrong way cannot pass by coincidence
     figures = [v for v in expected.values() if isinstance(v, float)]
     assert min(abs(a - b) for i, a in enumerate(figures) for b in figures[i + 1:]) > 1e-3
+
+
+def test_saelens_convention_ablates_the_bos_too(sharp_llama):
+    """``convention="saelens"``: zero- and mean-ablation cover every position (SAELens's
+    ``ce_loss_score``), the SAE splice still leaves BOS clean; against HF forward hooks."""
+    ids, mean = _ids(), torch.randn(32)
+    hookpoint = "blocks.1.hook_mlp_out"
+    got = loss_recovered(sharp_llama, FixedSAE(32, 0.5), hookpoint, ids, batch_size=4, mean=mean,
+                         convention="saelens")
+    hf = sharp_llama.hf
+    module = hf.get_submodule(SPLICES[hookpoint][0])
+
+    def everywhere(value):
+        handle = module.register_forward_hook(lambda _m, _a, out: value(out))
+        try:
+            with torch.no_grad():
+                return hf(ids, labels=ids).loss.item()
+        finally:
+            handle.remove()
+
+    expected = {
+        "ce_clean": _reference(hf, ids)[0],
+        "ce_sae": _reference(hf, ids, module, lambda out, _: 0.5 * out)[0],
+        "ce_zero": everywhere(torch.zeros_like),
+        "ce_mean": everywhere(lambda out: mean.expand_as(out).clone()),
+    }
+    assert {name: getattr(got, name) for name in expected} == pytest.approx(expected, abs=1e-5)
+    workbench = loss_recovered(sharp_llama, FixedSAE(32, 0.5), hookpoint, ids, batch_size=4, mean=mean)
+    assert abs(workbench.ce_zero - got.ce_zero) > 1e-3 and got.convention == "saelens"
+    with pytest.raises(ValueError, match="convention"):
+        loss_recovered(sharp_llama, FixedSAE(32, 0.5), hookpoint, ids, convention="transformerlens")

@@ -20,7 +20,15 @@ into the forward pass in place of the real activation and compares the next-toke
 ``kl`` is the mean KL divergence KL(clean || spliced) over next-token distributions.
 Positions that start a context (the BOS token) are left clean in every variant, the skipped
 block included, since SAEs are trained without them; the CE is taken over every next-token
-prediction after position 0. Every figure has a 95% bootstrap interval over contexts
+prediction after position 0.
+
+``convention="saelens"`` reproduces SAELens's ``ce_loss_score`` instead (SAELens 6
+``evals.get_recons_loss``): its zero-ablation hook zeroes the activation at *every* position,
+BOS included, while its SAE splice leaves special tokens (BOS) clean. A zeroed BOS activation
+costs more loss than zeroing the rest (the BOS is an attention sink), so ``ce_zero`` is higher and
+loss recovered looks better under SAELens's convention than under workbench's, where every
+variant leaves BOS alone and so the SAE is compared with ablating exactly what it replaces. The
+mean-ablation baseline follows the same choice. Every figure has a 95% bootstrap interval over contexts
 (:mod:`workbench.stats`), and the layers below the hook point run once per batch
 (:func:`workbench.intervene.logits_from_block`).
 """
@@ -29,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +83,9 @@ class LossRecovered:
     """Mean KL(clean || SAE-spliced) of the next-token distributions, nats."""
     skip_layer: int | None = None
     """The block skipped for ``ce_skip`` (None for other hook points)."""
+    convention: str = "workbench"
+    """Which positions the ablation baselines edit: ``"workbench"`` every one but BOS (like the
+    SAE splice), ``"saelens"`` every one, BOS included, as SAELens's ``ce_loss_score``."""
     ci: dict[str, Interval] = field(default_factory=dict)
     """95% interval of each figure (``ce_*``, ``kl``, ``ce_increase``, ``loss_recovered*``) by name."""
 
@@ -172,10 +183,13 @@ def _intervals(sums: Float[Tensor, "n_contexts 7"], *, mean: bool, residual: boo
     return intervals(sums, statistics)
 
 
-def _keep_first(edit):
-    """Apply ``edit`` to every position but the first (the BOS stays clean)."""
+def _keep_first(edit, *, keep: bool = True):
+    """Apply ``edit`` to every position but the first (the BOS stays clean); with ``keep=False``
+    to every position."""
 
     def edited(x: Tensor) -> Tensor:
+        if not keep:
+            return edit(x).to(x.dtype)
         out = x.clone()
         out[:, 1:] = edit(x[:, 1:]).to(x.dtype)
         return out
@@ -219,6 +233,7 @@ def loss_recovered(
     *,
     batch_size: int = 16,
     mean: Float[Tensor, " d"] | None = None,
+    convention: Literal["workbench", "saelens"] = "workbench",
     progress: bool = False,
 ) -> LossRecovered:
     """CE with ``sae`` spliced in at ``hookpoint`` over ``contexts`` (use held-out text), with baselines.
@@ -229,9 +244,9 @@ def loss_recovered(
     """
     rows: list[Tensor] = []
     for _ in _spliced_batches(model, sae, hookpoint, contexts, rows, batch_size=batch_size, mean=mean,
-                              progress=progress):
+                              convention=convention, progress=progress):
         pass
-    return _loss_recovered(hookpoint, model.hookpoint(hookpoint), rows, mean is not None)
+    return _loss_recovered(hookpoint, model.hookpoint(hookpoint), rows, mean is not None, convention)
 
 
 def faithfulness(
@@ -242,6 +257,7 @@ def faithfulness(
     *,
     batch_size: int = 16,
     mean: Float[Tensor, " d"] | None = None,
+    convention: Literal["workbench", "saelens"] = "workbench",
     progress: bool = False,
 ) -> Faithfulness:
     """Reconstruction metrics and loss recovered of ``sae`` at ``hookpoint`` in one pass over ``contexts``.
@@ -260,6 +276,8 @@ def faithfulness(
         contexts: Held-out token ids ``[n, seq]``, each starting with BOS.
         batch_size: Contexts per forward pass.
         mean: The activation's mean over training data, for the mean-ablation baseline.
+        convention: ``"workbench"``: the baselines leave BOS clean, as the SAE splice does.
+            ``"saelens"``: they edit BOS too, as SAELens's ``ce_loss_score`` (see the module docstring).
         progress: Show a progress bar.
 
     Raises:
@@ -267,15 +285,17 @@ def faithfulness(
     """
     rows: list[Tensor] = []
     batches = _spliced_batches(model, sae, hookpoint, contexts, rows, batch_size=batch_size, mean=mean,
-                               progress=progress)
+                               convention=convention, progress=progress)
     recon = reconstruction_metrics(sae, batches)  # [contexts, seq, d] batches: the FVU gets an interval
-    return Faithfulness(recon, _loss_recovered(hookpoint, model.hookpoint(hookpoint), rows, mean is not None))
+    return Faithfulness(
+        recon, _loss_recovered(hookpoint, model.hookpoint(hookpoint), rows, mean is not None, convention)
+    )
 
 
 @torch.inference_mode()
 def _spliced_batches(
     model: Model, sae: torch.nn.Module, hookpoint: str, contexts: Tensor, rows: list[Tensor], *,
-    batch_size: int, mean: Tensor | None, progress: bool,
+    batch_size: int, mean: Tensor | None, convention: str = "workbench", progress: bool,
 ) -> Iterator[Float[Tensor, "batch seq_1 d"]]:
     """Run every variant of each batch, append its per-context sums (:data:`_COLUMNS`) to ``rows``,
     and yield the batch's clean activations after BOS."""
@@ -286,9 +306,12 @@ def _spliced_batches(
                          "use the SAE trained for this hook point and model")
     skip_layer = _skip_layer(point)
     residual = skip_layer is not None
+    if convention not in ("workbench", "saelens"):
+        raise ValueError(f"unknown convention {convention!r}; choose 'workbench' or 'saelens'")
     sae = sae.to(model.device)
-    zero = _keep_first(torch.zeros_like)
-    ablate_mean = None if mean is None else _keep_first(lambda x: mean.to(x).expand_as(x))
+    keep_bos = convention == "workbench"
+    zero = _keep_first(torch.zeros_like, keep=keep_bos)
+    ablate_mean = None if mean is None else _keep_first(lambda x: mean.to(x).expand_as(x), keep=keep_bos)
     seen: list[Tensor] = []
 
     def splice(x: Tensor) -> Tensor:
@@ -328,7 +351,7 @@ def _skip_layer(point) -> int | None:
     return layer if layer >= 0 else None
 
 
-def _loss_recovered(hookpoint: str, point, rows: list[Tensor], with_mean: bool) -> LossRecovered:
+def _loss_recovered(hookpoint: str, point, rows: list[Tensor], with_mean: bool, convention: str) -> LossRecovered:
     """Averages and intervals from the per-context sums of every batch."""
     skip_layer = _skip_layer(point)
     residual = skip_layer is not None
@@ -339,6 +362,6 @@ def _loss_recovered(hookpoint: str, point, rows: list[Tensor], with_mean: bool) 
     return LossRecovered(
         hookpoint=hookpoint, n_tokens=n_tokens, n_contexts=sums.shape[0], ce_clean=avg["clean"], ce_sae=avg["sae"],
         ce_zero=avg["zero"], ce_mean=avg["mean"] if with_mean else None,
-        ce_skip=avg["skip"] if residual else None, kl=avg["kl"], skip_layer=skip_layer,
+        ce_skip=avg["skip"] if residual else None, kl=avg["kl"], skip_layer=skip_layer, convention=convention,
         ci=_intervals(sums, mean=with_mean, residual=residual),
     )
