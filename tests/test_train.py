@@ -393,3 +393,83 @@ def test_relu_resampling_revives_dead_features():
     # Other architectures are left alone.
     topk = train(make_sae("topk"), sparse_batches(), replace(cfg, resample_every=30), progress=False)
     assert topk.stats[0]["step"] == 90
+
+
+# ---- fine-tuning a trained SAE -----------------------------------------------------------------
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_fine_tuning_a_saved_sae_continues_from_it(architecture, tmp_path):
+    """One step at lr 1e-12 on a trained, saved and re-loaded SAE leaves it as it was: b_dec is
+    not re-initialised, the decoder not re-normalised and the scale not folded twice."""
+    sae = make_sae(architecture)
+    train(sae, sparse_batches(scale=30.0), fast(steps=60), progress=False)
+    sae.save(tmp_path / "sae")
+    loaded = SAE.load(tmp_path / "sae")
+    assert sae.trained and loaded.trained and not make_sae(architecture).trained
+    held_out = list(sparse_batches(seed=99, scale=30.0, n=4))
+    before = reconstruction_metrics(loaded, held_out).fvu
+    old = weights(loaded)
+    if architecture == "batchtopk":  # its inference threshold is a running mean, not a weight: freeze it too
+        loaded.cfg.batchtopk_threshold_lr = 1e-12
+    # different data statistics (scale 20 vs 30): the scale un-folded and folded back must cancel
+    train(loaded, sparse_batches(seed=3, scale=20.0), fast(steps=1, lr=1e-12), progress=False)
+    after = reconstruction_metrics(loaded, held_out).fvu
+    assert abs(after - before) < 1e-4, (before, after)
+    for key, value in weights(loaded).items():
+        torch.testing.assert_close(value, old[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_fine_tuning_keeps_learning_and_resumes_exactly(tmp_path):
+    """A trained SAE fine-tuned for real improves on new data, and a killed fine-tuning run
+    resumes from its checkpoint to the same weights (the held decoder norms travel with it)."""
+    base = make_sae("topk")
+    train(base, sparse_batches(n=5), fast(steps=5), progress=False)
+    base.save(tmp_path / "base")
+    held_out = list(sparse_batches(seed=99, n=4))
+    before = reconstruction_metrics(base, held_out).fvu
+    whole = SAE.load(tmp_path / "base")
+    train(whole, sparse_batches(seed=1), fast(steps=40), progress=False)
+    assert reconstruction_metrics(whole, held_out).fvu < before
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_20(state):
+        if state.step == 20:
+            raise Stop
+
+    part = SAE.load(tmp_path / "base")
+    with pytest.raises(Stop):
+        train(part, sparse_batches(seed=1), fast(steps=40), out_dir=tmp_path / "run",
+              callbacks=[Callback(on_step_end=stop_at_20)], progress=False)
+    resumed = SAE.load(tmp_path / "base")
+    train(resumed, sparse_batches(seed=1), fast(steps=40), out_dir=tmp_path / "run", progress=False)
+    assert_same_weights(resumed, whole, atol=1e-5)
+
+
+def test_fine_tuning_refuses_non_finite_weights():
+    sae = make_sae("topk")
+    sae.trained = True
+    with torch.no_grad():
+        sae.W_enc[0, 0] = math.nan
+    with pytest.raises(ValueError, match="cannot be fine-tuned"):
+        train(sae, sparse_batches(), fast(steps=2), progress=False)
+
+
+def test_fine_tuning_a_saelens_folder(tmp_path):
+    """A SAELens-format folder written by SAELens itself, loaded and trained one step at lr 1e-12."""
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    held_out = list(sparse_batches(seed=99, scale=30.0, n=4))
+    for sae_cls, cfg_cls, extra in ((TopKSAE, TopKSAEConfig, {"k": 4}), (StandardSAE, StandardSAEConfig, {})):
+        torch.manual_seed(0)
+        theirs = sae_cls(cfg_cls(d_in=D_IN, d_sae=D_SAE, **extra))
+        with torch.no_grad():
+            theirs.W_dec.mul_(torch.rand(D_SAE, 1) + 0.5)  # row norms far from 1, as a trained SAELens SAE's
+            theirs.b_dec.copy_(torch.randn(D_IN) * 5)
+        folder = tmp_path / sae_cls.__name__
+        theirs.save_model(folder)
+        ours = SAE.load(folder)
+        before = reconstruction_metrics(ours, held_out).fvu
+        train(ours, sparse_batches(seed=3, scale=20.0), fast(steps=1, lr=1e-12), progress=False)
+        after = reconstruction_metrics(ours, held_out).fvu  # an untrained SAE: FVU ~30, so relative
+        assert abs(after - before) < 1e-4 * max(before, 1.0), (sae_cls.__name__, before, after)

@@ -263,6 +263,11 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
+        self.trained: bool = False
+        """False for a fresh initialisation; True once :func:`workbench.train.train` has trained it
+        (the activation scale folded back in) and for every SAE read by :meth:`load`. ``train``
+        initialises ``b_dec`` and the scale of a fresh SAE only; a trained one is fine-tuned from
+        where it is. Saved in ``cfg.json`` (``"workbench_trained"``)."""
 
     @staticmethod
     def from_config(cfg: SAEConfig) -> SAE:
@@ -391,13 +396,21 @@ class SAE(nn.Module):
         self.W_dec.grad.sub_(parallel * unit)
 
     @torch.no_grad()
-    def constrain_weights(self) -> None:
-        """Renormalise decoder rows to unit norm (call after ``optimizer.step()``); a no-op where
-        decoder norms are free."""
+    def constrain_weights(self, norms: Float[Tensor, " d_sae"] | None = None) -> None:
+        """Renormalise decoder rows to unit norm, or to ``norms`` when given (call after
+        ``optimizer.step()``); a no-op where decoder norms are free.
+
+        The trainer passes ``norms`` when it fine-tunes a trained SAE: its rows then keep the norms
+        they had when training started (``1 / scale`` after scale folding, anything for a SAELens
+        SAE), so that training continues from the same function instead of rescaling its features.
+        """
         if not self.unit_norm_decoder:
             return
         eps = torch.finfo(self.W_dec.dtype).eps
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True) + eps)
+        if norms is None:
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True) + eps)
+        else:
+            self.W_dec.mul_(norms[:, None] / (self.W_dec.norm(dim=1, keepdim=True) + eps))
 
     @torch.no_grad()
     def fold_activation_scale(self, scale: float) -> None:
@@ -470,6 +483,7 @@ class SAE(nn.Module):
                 "sae_lens_training_version": None,
             },
             "workbench": asdict(self.cfg),
+            "workbench_trained": self.trained,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
@@ -533,6 +547,8 @@ class SAE(nn.Module):
         sae._load_saelens_tensors({k: v.to(device=cfg.device, dtype=dtype) for k, v in tensors.items()})
         if cls is not SAE and not isinstance(sae, cls):
             raise SAEFormatError(f"{path} holds a {cfg.architecture} SAE, not a {cls.__name__}")
+        # Folders saved before the flag existed, and SAELens folders, hold trained SAEs.
+        sae.trained = bool(raw.get("workbench_trained", True))
         return sae
 
     def extra_repr(self) -> str:

@@ -116,9 +116,20 @@ class TrainConfig:
     ``dead_mask`` given to the SAE (AuxK), the logged dead fraction and resampling."""
 
     resample_every: int | None = None
-    """Every this many steps, resample dead features of ``"relu"`` SAEs with Anthropic's
-    loss-weighted scheme (Towards Monosemanticity); other architectures are left alone.
-    ``None`` disables it."""
+    """Every this many steps (at most ``resample_times`` times), resample the dead features of
+    ``"relu"`` SAEs as Towards Monosemanticity does: inputs drawn from a pool of recent training
+    inputs with probability proportional to the square of the SAE's loss on them, without
+    duplicates; other architectures are left alone. ``None`` disables it."""
+
+    resample_times: int = 4
+    """How many times to resample (Towards Monosemanticity: 4, at 25k, 50k, 75k and 100k steps)."""
+
+    resample_pool: int = 65_536
+    """Inputs (tokens) in the pool resampling draws from: the latest training batches before a
+    resampling step (Towards Monosemanticity scored 819,200; the pool is held in memory)."""
+
+    max_grad_norm: float | None = None
+    """Clip the gradient's global norm to this (Anthropic's April 2024 update: 1.0); None: no clipping."""
 
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (only with an ``out_dir``), and at the end."""
@@ -149,6 +160,11 @@ class TrainConfig:
             )
         if self.resample_every is not None and self.resample_every <= 0:
             raise ValueError(f"TrainConfig.resample_every must be positive or None, got {self.resample_every}")
+        if self.resample_times < 0 or self.resample_pool <= 0:
+            raise ValueError("TrainConfig.resample_times must be >= 0 and resample_pool positive, got "
+                             f"{self.resample_times} and {self.resample_pool}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"TrainConfig.max_grad_norm must be positive or None, got {self.max_grad_norm}")
 
     def lr_multiplier(self, step: int) -> float:
         """Factor applied to the base learning rate at 1-based ``step``."""
@@ -340,6 +356,11 @@ class _SAERun:
         self.opt = torch.optim.Adam(self.params, lr=self.base_lr, betas=tuple(cfg.adam_betas), fused=fused or None)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.resample = cfg.resample_every is not None and _architecture(sae) == "relu"
+        # Fine-tuning a trained SAE: its decoder rows keep the norms they start with (None: unit).
+        self.decoder_norms: Tensor | None = None
+        # Resampling: the latest inputs before the next resampling step, and resamplings so far.
+        self.pool: list[Tensor] = []
+        self.resamples_done = 0
         # Firing counters, updated with tensor ops only.
         self.tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.tokens_seen = 0
@@ -359,6 +380,8 @@ class _SAERun:
     def train_step(self, x: Float[Tensor, "batch d_in"], step: int, lr_mult: float, sparsity_scale: float) -> None:
         """Forward, backward, constrain, Adam step and counter updates for one batch."""
         self.lr = self.base_lr * lr_mult
+        if self.resample:
+            self._remember(x, step)
         for group in self.opt.param_groups:
             group["lr"] = self.lr
         # No feature can be dead before dead_window tokens: pass None and spare the SAE a sync.
@@ -368,9 +391,11 @@ class _SAERun:
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.sae.constrain_gradients()
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self._watch_finite(out.loss, step)
         self.opt.step()
-        self.sae.constrain_weights()
+        self.sae.constrain_weights(self.decoder_norms)
         with torch.no_grad():
             fires_F = out.fire_counts
             self.tokens_since_fired.add_(x.shape[0]).masked_fill_(fires_F > 0, 0)
@@ -387,7 +412,7 @@ class _SAERun:
                 self.sums[key] = self.sums[key] + value if key in self.sums else value
                 self.counts[key] = self.counts.get(key, 0) + 1
             if self.resample and step % self.cfg.resample_every == 0:
-                self._resample(x, out.x_hat.detach())
+                self._resample()
 
     def _watch_finite(self, loss: Tensor, step: int) -> None:
         """Record (without a device sync) the first step whose loss or gradients are non-finite."""
@@ -414,31 +439,61 @@ class _SAERun:
         )
 
     # ---- resampling -----------------------------------------------------------------------
+    def _remember(self, x: Float[Tensor, "batch d_in"], step: int) -> None:
+        """Keep ``x`` for the pool when ``step`` is among the last ones before a resampling step."""
+        every = self.cfg.resample_every
+        upcoming = -(-step // every)  # 1-based index of the next resampling at or after this step
+        if upcoming > self.cfg.resample_times:
+            return
+        if upcoming * every - step < -(-self.cfg.resample_pool // x.shape[0]):
+            self.pool.append(x)
+
     @torch.no_grad()
-    def _resample(self, x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"]) -> None:
-        """Anthropic's resampling of dead features from inputs drawn with probability ~ loss^2."""
+    def _resample(self) -> None:
+        """Resample dead features as Towards Monosemanticity ("Neuron resampling") does.
+
+        Score every input of the pool (the latest ``resample_pool`` training inputs) by the SAE's
+        squared error, draw one distinct input per dead feature with probability proportional to
+        the square of that loss (without replacement: no two features get the same direction; with
+        more dead features than usable inputs, the rest wait for the next resampling), set the
+        decoder row to the normalised input, the encoder column to it times 0.2 times the mean
+        norm of the alive encoder columns, the bias to 0, and reset Adam's moments there.
+        """
+        pool, self.pool = self.pool, []
+        if self.resamples_done >= self.cfg.resample_times:
+            return
+        self.resamples_done += 1
         dead = (self.tokens_since_fired >= self.cfg.dead_window).nonzero().squeeze(1)
-        if dead.numel() == 0:
+        if dead.numel() == 0 or not pool:
             return
-        loss_sq = (x - x_hat).pow(2).sum(-1).double().pow(2).cpu()
-        if not torch.isfinite(loss_sq).all() or loss_sq.sum() <= 0:
+        x = torch.cat(pool)[-self.cfg.resample_pool :]
+        loss = torch.cat([(chunk - self.sae(chunk).x_hat).pow(2).sum(-1) for chunk in x.split(8192)])
+        weights = loss.double().pow(2).cpu()
+        if not torch.isfinite(weights).all() or weights.sum() <= 0:
             return
-        n = dead.numel()
-        replacement = n > int((loss_sq > 0).sum())
-        rows = torch.multinomial(loss_sq, n, replacement=replacement, generator=self.generator)
+        n = min(dead.numel(), int((weights > 0).sum()))
+        dead = dead[:n]
+        rows = torch.multinomial(weights, n, replacement=False, generator=self.generator)
         inputs = x[rows.to(x.device)]
-        inputs = inputs / inputs.norm(dim=-1, keepdim=True).clamp(min=1e-8)  # (n, d_in)
+        inputs = inputs / inputs.norm(dim=-1, keepdim=True).clamp(min=1e-8)  # (n, d_in), distinct rows
         W_enc, b_enc, W_dec = self.sae.W_enc, self.sae.b_enc, self.sae.W_dec
         alive = torch.ones(W_enc.shape[1], dtype=torch.bool, device=W_enc.device)
         alive[dead] = False
-        enc_norms = W_enc.norm(dim=0)
+        enc_norms, dec_norms = W_enc.norm(dim=0), W_dec.norm(dim=1)
         alive_norm = enc_norms[alive].mean() if alive.any() else enc_norms.mean()
+        if self.decoder_norms is not None:
+            row_norms = self.decoder_norms[dead, None]
+        elif self.sae.unit_norm_decoder:
+            row_norms = torch.ones_like(dec_norms[dead, None])
+        else:
+            row_norms = (dec_norms[alive].mean() if alive.any() else dec_norms.mean()).expand(n, 1)
         W_enc[:, dead] = (inputs * 0.2 * alive_norm).T.to(W_enc.dtype)
-        b_enc[dead] = 0.0
-        W_dec[dead] = inputs.to(W_dec.dtype)
+        if b_enc is not None:
+            b_enc[dead] = 0.0
+        W_dec[dead] = (inputs * row_norms).to(W_dec.dtype)
         for param, index in ((W_enc, (slice(None), dead)), (b_enc, dead), (W_dec, dead)):
             for key in ("exp_avg", "exp_avg_sq"):
-                if key in self.opt.state.get(param, {}):
+                if param is not None and key in self.opt.state.get(param, {}):
                     self.opt.state[param][key][index] = 0.0
         self.tokens_since_fired[dead] = 0
 
@@ -473,6 +528,10 @@ class _SAERun:
             for key, value in state.items():
                 tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
         tensors["counter.tokens_since_fired"] = self.tokens_since_fired
+        if self.decoder_norms is not None:
+            tensors["decoder_norms"] = self.decoder_norms
+        if self.pool:
+            tensors["resample.pool"] = torch.cat(self.pool)
         tensors["generator"] = self.generator.get_state()
         tensors["window.active_sum"] = self.active_sum
         for key, value in self.sums.items():
@@ -480,6 +539,7 @@ class _SAERun:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         extra = {"counts": self.counts, "window_tokens": self.window_tokens, "lr": self.lr}
         extra["tokens_seen"] = self.tokens_seen
+        extra["resamples_done"] = self.resamples_done
         return tensors, extra
 
     def load_state_tensors(self, tensors: dict[str, Tensor], extra: dict[str, Any]) -> None:
@@ -492,6 +552,11 @@ class _SAERun:
                 opt_state.setdefault(int(index), {})[name] = value
         self.opt.load_state_dict({"state": opt_state, "param_groups": self.opt.state_dict()["param_groups"]})
         self.tokens_since_fired.copy_(tensors["counter.tokens_since_fired"])
+        norms = tensors.get("decoder_norms")
+        self.decoder_norms = None if norms is None else norms.to(self.device, self.dtype)
+        pool = tensors.get("resample.pool")
+        self.pool = [] if pool is None else [pool.to(self.device, self.dtype)]
+        self.resamples_done = int(extra.get("resamples_done", 0))
         self.generator.set_state(tensors["generator"])
         self.active_sum = tensors["window.active_sum"].to(self.device)
         prefix = "window.sum."
@@ -518,7 +583,9 @@ def _sae_config_dict(sae: SAE) -> dict[str, Any] | None:
 # ---- initialisation from the first batches ------------------------------------------------
 @torch.no_grad()
 def _initialise(runs: list[_SAERun], init: list[Tensor], cfg: TrainConfig) -> float:
-    """Estimate the activation scale and set every SAE's ``b_dec``; returns the scale."""
+    """Estimate the activation scale; set the ``b_dec`` of every fresh SAE, and bring every trained
+    one to the scaled inputs (the inverse of the final fold), its decoder norms held from here on.
+    Returns the scale."""
     first = runs[0]
     x = torch.cat([b.reshape(-1, first.d_in).to(first.device, torch.float32) for b in init])
     scale = 1.0
@@ -530,6 +597,15 @@ def _initialise(runs: list[_SAERun], init: list[Tensor], cfg: TrainConfig) -> fl
                 "check the input data for NaNs, infs or all-zero batches"
             )
         scale = math.sqrt(first.d_in) / mean_norm
+    for run in runs:
+        if getattr(run.sae, "trained", False):
+            _check_trained(run)
+            run.sae.fold_activation_scale(1 / scale)  # takes x * scale, returns x_hat * scale: the same function
+            if run.sae.unit_norm_decoder:
+                run.decoder_norms = run.sae.W_dec.norm(dim=1).clone()
+    fresh = [run for run in runs if not getattr(run.sae, "trained", False)]
+    if not fresh:
+        return scale
     x = x[:_MAX_INIT_POINTS] * scale
     if cfg.init_b_dec == "geometric_median":
         b_dec = geometric_median(x)
@@ -537,9 +613,21 @@ def _initialise(runs: list[_SAERun], init: list[Tensor], cfg: TrainConfig) -> fl
         b_dec = x.mean(0)
     else:
         b_dec = torch.zeros(first.d_in)
-    for run in runs:
+    for run in fresh:
         run.sae.b_dec.copy_(b_dec.to(run.sae.b_dec))
     return scale
+
+
+def _check_trained(run: _SAERun) -> None:
+    """Refuse to fine-tune what cannot continue: non-finite weights, or a decoder row of norm 0
+    where the architecture holds row norms fixed (it would stay 0 for ever)."""
+    bad = [name for name, p in run.sae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"SAE {run.index} is marked trained but its {', '.join(bad)} hold NaN or inf; "
+                         "it cannot be fine-tuned: load a good copy, or build a fresh SAE")
+    if run.sae.unit_norm_decoder and bool((run.sae.W_dec.norm(dim=1) == 0).any()):
+        raise ValueError(f"SAE {run.index} has decoder rows of norm 0; fine-tuning holds row norms fixed, so those "
+                         "features could never learn. Re-initialise those rows (or the SAE) first")
 
 
 # ---- checkpoints --------------------------------------------------------------------------
@@ -688,8 +776,15 @@ def train(
 
     Raises :class:`TrainingDiverged` when a loss or gradient becomes non-finite (detected at
     the next log or checkpoint step; no checkpoint is written from the bad state). After any
-    exception (a callback's, Ctrl-C) the SAEs passed in are left mid-training, scale not
-    folded; call :func:`train` again with the same ``out_dir`` to resume from the checkpoint.
+    exception (a callback's, Ctrl-C) the SAEs passed in are left as they were at that step, scale
+    folded back in; call :func:`train` again with the same ``out_dir`` to resume from the checkpoint.
+
+    **Fine-tuning.** An SAE that is already trained (``sae.trained``: returned by ``train``, or
+    read by ``SAE.load``, SAELens folders included) is continued from where it is: its ``b_dec`` is
+    kept, the activation scale measured on the first batches is un-folded from its weights before
+    training (so it computes the same function on the scaled inputs) and folded back at the end,
+    and its decoder rows keep the norms they start with. One step at a learning rate of 1e-12
+    leaves it unchanged. Non-finite weights are refused with a ValueError.
     """
     sae_list: list[SAE] = list(saes) if isinstance(saes, (list, tuple)) else [saes]
     if not sae_list:
@@ -725,7 +820,6 @@ def train(
 
     bar = progress_bar(total=cfg.steps, initial=state.step, disable=not progress, desc="train", unit="step")
     logged_step = checkpointed_step = state.step
-    fire("on_train_start")
 
     def log() -> None:
         nonlocal logged_step
@@ -747,6 +841,7 @@ def train(
         fire("on_checkpoint")
 
     try:
+        fire("on_train_start")
         for step in range(state.step + 1, cfg.steps + 1):
             x = next(batches, None)
             if x is None:
@@ -776,11 +871,13 @@ def train(
             save_checkpoint()
     finally:
         bar.close()
-
-    for sae in sae_list:
-        if state.activation_scale != 1.0:
-            sae.fold_activation_scale(state.activation_scale)
-        sae.eval()
+        # Whatever happened, the SAEs passed in take raw activations again (a trained SAE is
+        # fine-tuned from there by the next call; a checkpoint, when there is one, wins over them).
+        for sae in sae_list:
+            if state.activation_scale != 1.0:
+                sae.fold_activation_scale(state.activation_scale)
+            sae.trained = True
+            sae.eval()
     if out_path is not None:
         for i, sae in enumerate(sae_list):
             sae.save(sae_dir(out_path, i))
