@@ -41,6 +41,9 @@ def test_quickstart_trains_and_evaluates_an_sae(quickstart):
     assert recovered["ce_clean"] < recovered["ce_sae"] < recovered["ce_zero"]
     assert 0 < recovered["loss_recovered"] < 1
     assert "of zero-ablating the MLP" in results["summary"]
+    zf = results["zf_plot"]  # the ZF plot's figures: the evaluation's epsilon-LBO, every held-out token drawn
+    assert zf["n_tokens"] == zf["n_points"] == 8 * 63 and zf["eps_lbo"] == results["afa"]["eps_lbo"]
+    assert 0 < zf["ci"][0] <= zf["eps_lbo"] <= zf["ci"][1]
     assert sum(results["density"]["counts"]) + results["density"]["n_dead"] == 256
     assert len(results["features"]) == 2
     for feature in results["features"].values():
@@ -59,16 +62,19 @@ def test_quickstart_executed_copy_reads_as_a_report(quickstart):
 
     charts = [o for o in found if "image/svg+xml" in o.get("data", {})]
     titles = [plain_text(o) for o in charts]
+    zf = quickstart.results["zf_plot"]
     assert titles == [
         "Chart('Activation norms per token')",
         "Chart('loss (scaled units), L0, dead fraction')",  # the live chart, once, in its final state
+        "Chart('ZF plot: εLBO %.3g (95%% %.3g to %.3g), %d tokens')"
+        % (zf["eps_lbo"], *zf["ci"], zf["n_tokens"]),
         "Chart('Feature density on held-out text (%d of 256 features never fired)')"
         % quickstart.results["density"]["n_dead"],
     ]
     for chart in charts:
         svg = chart["data"]["image/svg+xml"]
         svg = "".join(svg) if isinstance(svg, list) else svg
-        assert len(svg) < 60_000  # 100 binned counts, not 3,024 raw norms
+        assert len(svg) < 60_000  # 100 binned counts, not 3,024 raw norms; the ZF points as one raster
 
     bars = [plain_text(o) for o in found if "wb-progress" in "".join(o.get("data", {}).get("text/html", ""))]
     steps = quickstart.results["train"]["steps"]

@@ -70,6 +70,10 @@ def test_cli_train_writes_the_sae_and_metrics_and_eval_reads_them(tmp_path, loca
         assert low <= recovered[name] <= high, name
     low, high = metrics["reconstruction"]["ci"]["fvu"]
     assert low <= metrics["reconstruction"]["fvu"] <= high
+    afa = metrics["afa"]  # epsilon-LBO on the same held-out activations as the FVU
+    assert afa["n_tokens"] == metrics["reconstruction"]["n_tokens"] and afa["n_contexts"] == metrics["heldout"]["contexts"]
+    low, high = afa["ci"]["eps_lbo"]
+    assert 0 < low <= afa["eps_lbo"] <= high
 
     sae = load_run_sae(out)
     assert isinstance(sae, SAE) and sae.cfg.architecture == "topk" and sae.cfg.hook_name == "blocks.1.hook_mlp_out"
@@ -81,6 +85,7 @@ def test_cli_train_writes_the_sae_and_metrics_and_eval_reads_them(tmp_path, loca
     assert evaluated["reconstruction"]["fvu"] == pytest.approx(metrics["reconstruction"]["fvu"], rel=1e-5)
     # the run's store gives the mean-ablation baseline; the sentence goes to stderr
     assert evaluated["loss_recovered"]["ce_mean"] is not None and "zero-ablating" in printed.err
+    assert evaluated["afa"]["eps_lbo"] == pytest.approx(afa["eps_lbo"], rel=1e-4) and "epsilon-LBO" in printed.err
 
 
 @pytest.mark.parametrize("arch", ["relu", "batchtopk", "jumprelu", "gated", "topafa"])

@@ -17,6 +17,8 @@ Example::
 
     chart = LiveChart(["loss", "l0", "dead_fraction"]).show()
     train(sae, batches, cfg, callbacks=[chart])
+
+    display(zf_plot(evaluation.afa))  # the ZF pairs and epsilon-LBO that workbench.afa computed
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from torch import Tensor
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from workbench.afa import AFAMetrics
     from workbench.train import TrainState
 
-__all__ = ["Chart", "LiveChart", "Table", "histogram", "line_chart", "table"]
+__all__ = ["Chart", "LiveChart", "Table", "histogram", "line_chart", "table", "zf_plot"]
 
 _STYLE = {
     "svg.fonttype": "none",  # text stays text: smaller, selectable, drawn in the page's font
@@ -254,3 +257,47 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> Table:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     text = "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in [header, *rows])
     return Table(html, text)
+
+
+ZF_SCATTER_MAX = 2000
+"""Up to this many points :func:`zf_plot` draws each one; beyond, their 2-D density."""
+
+
+def zf_plot(afa: AFAMetrics, *, title: str | None = None, size: float = 4.2, bins: int = 80) -> Chart:
+    """The ZF plot of Lee et al. 2025: ``||z||`` (x) against ``||f~||`` (y) per token, with y = x.
+
+    Draws the ZF pairs that :func:`workbench.afa.afa_metrics` kept (``afa.norm_z``,
+    ``afa.norm_f``): each point up to :data:`ZF_SCATTER_MAX` of them, else their density over a
+    ``bins`` x ``bins`` grid (log colour scale), so the SVG stays small; both raster, the axes,
+    text and the dashed y = x line (SVG group id ``y_equals_x``) vector. Points under the line
+    are tokens the SAE under-activates, points over it over-activated ones. The title gives the
+    epsilon-LBO with its 95% interval and the number of tokens, unless ``title`` is given.
+    """
+    import matplotlib
+    import numpy as np
+
+    z, f = afa.norm_z.double().cpu(), afa.norm_f.double().cpu()
+    if z.shape != f.shape or z.dim() != 1:
+        raise ValueError(f"need as many norm_z as norm_f values, got shapes {tuple(z.shape)} and {tuple(f.shape)}")
+    if title is None:
+        ci = afa.eps_lbo_ci
+        interval = "" if ci is None else f" (95% {ci.low:.3g} to {ci.high:.3g})"
+        title = f"ZF plot: εLBO {afa.eps_lbo:.3g}{interval}, {afa.n_tokens:,} tokens"
+    top = max(float(z.max()) if len(z) else 0.0, float(f.max()) if len(f) else 0.0) * 1.05 or 1.0
+    with matplotlib.rc_context(_STYLE):
+        fig, (ax,) = _figure(size + 1.6, size)  # room for the title and the density's colour bar
+        if len(z) <= ZF_SCATTER_MAX:
+            ax.scatter(z.numpy(), f.numpy(), s=6, color=_COLOUR, alpha=0.5, linewidths=0, rasterized=True)
+        else:
+            counts, _ = np.histogramdd((z.numpy(), f.numpy()), bins=bins, range=[(0, top), (0, top)])
+            shown = np.ma.masked_equal(counts.T, 0)
+            image = ax.imshow(shown, origin="lower", extent=(0, top, 0, top), aspect="auto", cmap="Blues",
+                              norm=matplotlib.colors.LogNorm(vmin=1, vmax=max(counts.max(), 1)),
+                              interpolation="nearest", rasterized=True)
+            fig.colorbar(image, ax=ax, label="tokens", shrink=0.8)
+        ax.plot([0, top], [0, top], linestyle="--", color="#d62728", linewidth=1.2, gid="y_equals_x", label="y = x")
+        ax.set(xlim=(0, top), ylim=(0, top), title=title, xlabel="‖z‖  (norm of the SAE's input: the AFA)",
+               ylabel="‖f̃‖  (decoder-weighted feature activations)")
+        ax.set_aspect("equal")
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+        return _to_chart(fig, title)

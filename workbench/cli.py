@@ -102,6 +102,10 @@ def _eval(args: argparse.Namespace) -> None:
                            ctx_len=args.ctx_len or run.get("ctx_len", 128), seed=args.seed,
                            mean=_training_mean(args.dir, run, hookpoint), progress=True)
     print(json.dumps(metrics.to_dict(), indent=2, default=float))
+    rc, afa = metrics.reconstruction, metrics.afa
+    print(f"FVU {rc.fvu:.4f} ({rc.fvu_ci or 'no interval'}), epsilon-LBO {afa.eps_lbo:.4g} "
+          f"({afa.eps_lbo_ci or 'no interval'}; median {afa.eps_lbo_median:.4g}) on {rc.n_tokens:,} held-out tokens",
+          file=sys.stderr)
     print(metrics.summary, file=sys.stderr)
 
 
@@ -156,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(sub, TrainRunConfig)
     sub.set_defaults(run=_train)
 
-    sub = commands.add_parser("eval", help="held-out metrics of a trained SAE (JSON)")
+    sub = commands.add_parser("eval", help="held-out metrics of an SAE (JSON): FVU, epsilon-LBO, loss recovered")
     sub.add_argument("dir", help="run folder of `workbench train`, or an SAE folder (cfg.json + sae_weights.safetensors)")
     sub.add_argument("--tokens", type=int, default=TrainRunConfig.eval_tokens,
                      help=f"held-out tokens (default: {TrainRunConfig.eval_tokens}, as `workbench train`)")

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.afa import AFAAccumulator, AFAMetrics
 from workbench.intervene import Edit, logits_from_block, residuals_and_logits
 from workbench.metrics import ReconstructionMetrics, reconstruction_metrics
 from workbench.models import Model
@@ -223,6 +224,8 @@ class Faithfulness(NamedTuple):
     """FVU (with its interval), MSE, L0, dead and dense features, on the hook point's activations."""
     loss_recovered: LossRecovered
     """CE with the SAE spliced in vs the clean model and the ablation baselines, with intervals."""
+    afa: AFAMetrics | None = None
+    """Epsilon-LBO (with its interval) and the ZF-plot sample on the same activations (:mod:`workbench.afa`)."""
 
 
 def loss_recovered(
@@ -266,7 +269,8 @@ def faithfulness(
     also what the reconstruction metrics measure), then only the rest of the model for each
     variant: the SAE spliced in, zero-ablation, mean-ablation (with ``mean``) and, for residual
     streams, the block skipped. Position 0 (BOS) is left clean in every variant and left out of
-    the reconstruction metrics.
+    the reconstruction metrics and of the AFA figures (epsilon-LBO, ZF pairs), which come from
+    the same clean activations and the same SAE forward pass.
 
     Args:
         model: The language model.
@@ -286,9 +290,11 @@ def faithfulness(
     rows: list[Tensor] = []
     batches = _spliced_batches(model, sae, hookpoint, contexts, rows, batch_size=batch_size, mean=mean,
                                convention=convention, progress=progress)
-    recon = reconstruction_metrics(sae, batches)  # [contexts, seq, d] batches: the FVU gets an interval
+    afa = AFAAccumulator(sae)
+    # [contexts, seq, d] batches: the FVU and the epsilon-LBO get intervals over contexts
+    recon = reconstruction_metrics(sae, batches, on_batch=afa.add)
     return Faithfulness(
-        recon, _loss_recovered(hookpoint, model.hookpoint(hookpoint), rows, mean is not None, convention)
+        recon, _loss_recovered(hookpoint, model.hookpoint(hookpoint), rows, mean is not None, convention), afa.result()
     )
 
 

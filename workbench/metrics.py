@@ -7,7 +7,7 @@ kept). The loss-recovered metric, which needs the language model, lives elsewher
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -107,6 +107,7 @@ def reconstruction_metrics(
     *,
     dense_threshold: float = 0.1,
     max_batches: int | None = None,
+    on_batch: Callable[[Tensor, Tensor], None] | None = None,
 ) -> ReconstructionMetrics:
     """Reconstruction and sparsity metrics of ``sae`` over ``batches``, in one streaming pass.
 
@@ -117,6 +118,10 @@ def reconstruction_metrics(
     squared error, a histogram of per-token L0 and per-feature firing counts. When every batch
     is ``[contexts, seq, d_in]``, a few sums per context are kept too, for a bootstrap interval
     of the FVU over contexts (tokens of one context are not independent).
+
+    ``on_batch(x, feature_acts)``, when given, sees every batch (on the SAE's device and dtype,
+    leading dimensions as given) with its feature activations, so that other figures share this
+    forward pass (e.g. :class:`workbench.afa.AFAAccumulator`).
     """
     if not 0 <= dense_threshold <= 1:
         raise ValueError(f"dense_threshold is a fraction of tokens in [0, 1], got {dense_threshold}")
@@ -137,6 +142,8 @@ def reconstruction_metrics(
             continue
         out = sae(x)
         acts, x_hat = out.feature_acts, out.x_hat
+        if on_batch is not None:
+            on_batch(x.view(batch.shape), acts.reshape(*batch.shape[:-1], d_sae))
         x64 = x.double()
         err = (x64 - x_hat.double()).pow(2).sum(-1)  # (B,)
         sq_err += err.sum()
