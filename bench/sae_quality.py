@@ -40,7 +40,8 @@ def in_memory_batches(x: torch.Tensor, batch_size: int, epochs: int, seed: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True, help="activation store holding the hook points of the runs")
-    parser.add_argument("--run", action="append", required=True, help="HOOKPOINT:ARCH, repeatable")
+    parser.add_argument("--run", action="append", required=True,
+                        help="HOOKPOINT:ARCH or HOOKPOINT:ARCH:L1 (a sparsity coefficient for that run), repeatable")
     parser.add_argument("--rows", type=int, default=150_000, help="training rows (the first ones of the store)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--eval-tokens", type=int, default=TrainRunConfig.eval_tokens)
@@ -53,9 +54,10 @@ def main() -> None:
     store = ActivationStore.open(args.store)
     model = load_model(args.model)
     for run_spec in args.run:
-        hookpoint, arch = run_spec.rsplit(":", 1)
+        hookpoint, arch, *l1 = run_spec.split(":")  # HOOKPOINT:ARCH or HOOKPOINT:ARCH:L1
+        l1 = float(l1[0]) if l1 else args.l1
         cfg = TrainRunConfig(out="", model=args.model, hookpoint=hookpoint, arch=arch, d_sae=args.d_sae, k=args.k,
-                             l1=args.l1, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                             l1=l1, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         x = store.rows(hookpoint, 0, min(args.rows, store.n_rows)).float()
         torch.manual_seed(cfg.seed)
         sae = new_sae(cfg, x.shape[1])
@@ -69,7 +71,7 @@ def main() -> None:
         print(json.dumps({
             "hookpoint": hookpoint, "arch": arch, "rows": len(x), "epochs": cfg.epochs, "lr": cfg.lr,
             "d_sae": cfg.d_sae, "k": cfg.k if arch in ("topk", "batchtopk") else None,
-            "l1": cfg.l1 if arch in ("relu", "gated", "jumprelu") else None,
+            "l1": sae.cfg.l1_coefficient if arch in ("relu", "gated", "jumprelu") else None,
             "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - started, 1),
             "heldout_tokens": lr.n_tokens, "fvu": round(rc.fvu, 4), "l0_mean": round(rc.l0_mean, 2),
             "l0_quantiles": rc.l0_quantiles, "dead_fraction": round(rc.dead_fraction, 4),

@@ -5,7 +5,7 @@ A run folder holds everything of one run::
     DIR/store/           activation store of the training tokens (unless --store points elsewhere)
     DIR/checkpoint/      the trainer's latest state (a re-run resumes from it)
     DIR/sae_0/           the trained SAE (cfg.json + sae_weights.safetensors, SAELens layout)
-    DIR/metrics.json     held-out metrics: reconstruction, sparsity, loss recovered
+    DIR/metrics.json     held-out metrics: reconstruction, sparsity, epsilon-LBO, loss recovered
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 
+from workbench.afa import AFAMetrics
 from workbench.capture import CaptureConfig, capture_corpus
 from workbench.data import EMBEDDED_CORPUS, token_contexts
 from workbench.evaluate import LossRecovered, faithfulness
@@ -47,8 +48,9 @@ class TrainRunConfig:
     """Number of features."""
     k: int = 32
     """Active features per token (topk, batchtopk)."""
-    l1: float = 5.0
-    """Sparsity coefficient (L1 for relu and gated, L0 for jumprelu)."""
+    l1: float | None = None
+    """Sparsity coefficient (L1 for relu and gated, L0 in DeepMind's units for jumprelu). None: the
+    architecture's default in DEFAULT_L1, measured on this job's data (see README)."""
     tokens: int = 150_000
     """Training tokens to capture (ignored with --store)."""
     epochs: int = 8
@@ -111,9 +113,14 @@ def train_run(cfg: TrainRunConfig, *, model: Model | None = None, callbacks: lis
     return result, metrics
 
 
+DEFAULT_L1 = {"relu": 5.0, "gated": 5.0, "jumprelu": 0.01}
+"""Sparsity coefficients used when ``--l1`` is not given (relu: Anthropic's April update's 5 in its units)."""
+
+
 def new_sae(cfg: TrainRunConfig, d_in: int) -> SAE:
     """A freshly initialised SAE as ``cfg`` describes it (seed the RNG first for a reproducible init)."""
-    return SAE.from_config(SAEConfig(architecture=cfg.arch, d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, l1_coefficient=cfg.l1,
+    l1 = cfg.l1 if cfg.l1 is not None else DEFAULT_L1.get(cfg.arch, 5.0)
+    return SAE.from_config(SAEConfig(architecture=cfg.arch, d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, l1_coefficient=l1,
                                      hook_name=cfg.hookpoint, model_name=cfg.model, device=cfg.device))
 
 
@@ -122,18 +129,23 @@ def train_config(cfg: TrainRunConfig, n_rows: int) -> TrainConfig:
 
     Warm-up is 10% of the steps (at most 100), the learning rate decays linearly to 0 over the
     last 20%, and a feature counts as dead after half an epoch (at least 100k tokens) without firing.
+    ReLU SAEs resample their dead features 4 times, every eighth of the run (Towards
+    Monosemanticity), and warm the L1 coefficient up over the first 5% of steps (April update).
     """
     steps = cfg.epochs * (n_rows // cfg.batch_size)
     if steps == 0:
         raise ValueError(f"the store holds {n_rows} rows, fewer than one batch of {cfg.batch_size}; "
                          "capture more tokens or lower --batch-size")
+    relu = cfg.arch == "relu"
     return TrainConfig(steps=steps, lr=cfg.lr, lr_warmup_steps=min(100, steps // 10), lr_decay_steps=steps // 5,
-                       checkpoint_every=max(50, steps // 10), seed=cfg.seed, dead_window=max(100_000, n_rows // 2))
+                       checkpoint_every=max(50, steps // 10), seed=cfg.seed, dead_window=max(100_000, n_rows // 2),
+                       resample_every=max(1, steps // 8) if relu else None,
+                       sparsity_warmup_steps=steps // 20 if cfg.arch in ("relu", "gated", "jumprelu") else 0)
 
 
 @dataclass
 class SAEEvaluation:
-    """An SAE measured on held-out text: reconstruction and sparsity, and loss recovered."""
+    """An SAE measured on held-out text: reconstruction and sparsity, epsilon-LBO, and loss recovered."""
 
     heldout: dict
     """Which text: corpus, split and number of tokens."""
@@ -141,6 +153,8 @@ class SAEEvaluation:
     """MSE, FVU, L0, dead and dense fractions, per-feature density."""
     loss_recovered: LossRecovered
     """Cross-entropy with the SAE spliced in vs clean, zero-, mean- (and skip-) ablation."""
+    afa: AFAMetrics | None = None
+    """Epsilon-LBO of Lee et al. 2025 and the ZF-plot sample, on the same activations as ``reconstruction``."""
 
     @property
     def summary(self) -> str:
@@ -159,6 +173,13 @@ class SAEEvaluation:
         rows = [
             ("held-out tokens (contexts)", f"{rc.n_tokens:,} ({lr.n_contexts})", ""),
             ("fraction of variance unexplained (FVU)", f"{rc.fvu:.4f}", fvu_ci),
+        ]
+        if self.afa is not None:
+            afa = self.afa
+            afa_ci = "" if afa.eps_lbo_ci is None else f"{afa.eps_lbo_ci.low:.4g} to {afa.eps_lbo_ci.high:.4g}"
+            rows += [("εLBO, mean over tokens (Lee et al. 2025; lower is better)", f"{afa.eps_lbo:.4g}", afa_ci),
+                     ("εLBO, median over tokens", f"{afa.eps_lbo_median:.4g}", "")]
+        rows += [
             ("MSE per token", f"{rc.mse_per_token:.4g}", ""),
             ("L0 (active features per token)", f"{rc.l0_mean:.1f}", ""),
             ("dead features (never fired on held-out text)", f"{rc.dead_fraction:.1%}", ""),
@@ -182,20 +203,25 @@ class SAEEvaluation:
 
     def to_dict(self) -> dict:
         """JSON-able figures (feature densities left out)."""
-        return {"heldout": self.heldout, "reconstruction": self.reconstruction.to_dict(),
-                "loss_recovered": self.loss_recovered.to_dict(), "summary": self.summary}
+        out = {"heldout": self.heldout, "reconstruction": self.reconstruction.to_dict(),
+               "loss_recovered": self.loss_recovered.to_dict(), "summary": self.summary}
+        if self.afa is not None:
+            out["afa"] = self.afa.to_dict()
+        return out
 
 
 def evaluate_sae(model: Model, sae: SAE, hookpoint: str, *, tokens: int = 32_768, corpus: str = EMBEDDED_CORPUS,
                  ctx_len: int = 128, seed: int = 0, mean: torch.Tensor | None = None, batch_size: int = 16,
                  progress: bool = False) -> SAEEvaluation:
-    """Reconstruction, sparsity and loss-recovered metrics on ``tokens`` held-out tokens (the corpus's test split)."""
+    """Reconstruction, sparsity, epsilon-LBO and loss-recovered metrics on ``tokens`` held-out tokens (the
+    corpus's test split), from one pass of the model per batch."""
     n_contexts = -(-tokens // (ctx_len - 1))
     contexts = token_contexts(model.tokenizer, corpus, n_contexts=n_contexts, ctx_len=ctx_len, seed=seed, split="test",
                               bos_token_id=model.bos_token_id)
-    recon, recovered = faithfulness(model, sae, hookpoint, contexts, batch_size=batch_size, mean=mean, progress=progress)
+    recon, recovered, afa = faithfulness(model, sae, hookpoint, contexts, batch_size=batch_size, mean=mean,
+                                         progress=progress)
     heldout = {"corpus": corpus, "split": "test", "tokens": recon.n_tokens, "contexts": recon.n_contexts}
-    return SAEEvaluation(heldout, recon, recovered)
+    return SAEEvaluation(heldout, recon, recovered, afa)
 
 
 def load_run_sae(path: str | Path) -> SAE:
