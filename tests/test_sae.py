@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import workbench.sae
 from workbench.sae import (
     ARCHITECTURES,
     SAE,
@@ -103,7 +104,7 @@ def test_from_config_picks_the_class_and_sae_lens_orientation():
         assert type(sae) is cls
         assert sae.W_enc.shape == (D_IN, D_SAE) and sae.W_dec.shape == (D_SAE, D_IN)
         assert sae.b_dec.shape == (D_IN,)
-        assert (sae.b_enc is None) == (arch == "gated")
+        assert (sae.b_enc is None) == (arch in ("gated", "topafa"))  # as SAELens gated and the top-AFA reference
     with pytest.raises(ValueError, match="needs architecture 'topk'"):
         TopKSAE(SAEConfig("relu", d_in=D_IN, d_sae=D_SAE))
 
@@ -119,7 +120,7 @@ def test_initialisation():
     assert make("relu").apply_b_dec_to_input and not make("relu_april").apply_b_dec_to_input
     assert not make("jumprelu").apply_b_dec_to_input and make("gated").apply_b_dec_to_input
     assert make("jumprelu", apply_b_dec_to_input=True).apply_b_dec_to_input
-    torch.testing.assert_close(make("jumprelu").threshold, torch.full((D_SAE,), 0.001))
+    torch.testing.assert_close(make("jumprelu").threshold, torch.full((D_SAE,), 0.001 * math.sqrt(D_IN)))  # DeepMind units
 
 
 # ---- exact small-weight checks --------------------------------------------------------------
@@ -164,7 +165,6 @@ def test_topk_exact():
     torch.testing.assert_close(out.x_hat, t([3.0, 0.0], [2.0, 5.0]))
     train = sae.training_forward(x)
     torch.testing.assert_close(train.x_hat, out.x_hat)
-    torch.testing.assert_close(train.feature_acts, enc.feature_acts)
     torch.testing.assert_close(train.losses["mse"], torch.tensor(0.5))  # token 0 misses the -1
     torch.testing.assert_close(train.losses["l0"], torch.tensor(1.5))
     assert train.fire_counts.tolist() == [2, 1, 0]  # counted from the indices, ReLU-zeroed excluded
@@ -177,8 +177,7 @@ def test_batchtopk_exact_and_threshold():
     set_weights(sae, W_enc=torch.eye(2), b_enc=[0.0, 0.0], W_dec=torch.eye(2), b_dec=[0.0, 0.0])
     x = t([5.0, 4.0], [1.0, 0.5])
     out = sae.training_forward(x)
-    # the batch keeps k * B = 2 activations, both from token 0
-    torch.testing.assert_close(out.feature_acts, t([5.0, 4.0], [0.0, 0.0]))
+    # the batch keeps k * B = 2 activations, both from token 0 (W_dec = I: x_hat shows them)
     torch.testing.assert_close(out.x_hat, t([5.0, 4.0], [0.0, 0.0]))
     torch.testing.assert_close(out.losses["l0"], torch.tensor(1.0))
     torch.testing.assert_close(out.losses["l0_std"], torch.tensor(1.0))
@@ -191,14 +190,15 @@ def test_batchtopk_exact_and_threshold():
 
 
 def test_jumprelu_exact_and_straight_through_gradients():
-    cfg = SAEConfig("jumprelu", d_in=2, d_sae=2, l1_coefficient=0.5, jumprelu_bandwidth=0.5)
+    # DeepMind's units, scaled inside by d_in (the coefficient) and sqrt(d_in) (the bandwidth): 0.5 and 0.5
+    cfg = SAEConfig("jumprelu", d_in=2, d_sae=2, l1_coefficient=0.25, jumprelu_bandwidth=0.5 / math.sqrt(2))
     sae = SAE.from_config(cfg)
     set_weights(sae, W_enc=torch.eye(2), b_enc=[0.0, 0.0], W_dec=2 * torch.eye(2), b_dec=[0.0, 0.0],
                 log_threshold=[0.0, 0.0])  # fmt: skip
     x = t([1.1, 3.0])
     torch.testing.assert_close(sae.encode(t([0.9, 3.0])).feature_acts, t([0.0, 3.0]))
     out = sae.training_forward(x)
-    torch.testing.assert_close(out.feature_acts, t([1.1, 3.0]))
+    torch.testing.assert_close(out.x_hat, 2 * t([1.1, 3.0]))  # f = (1.1, 3.0) through W_dec = 2I
     torch.testing.assert_close(out.losses["mse"], torch.tensor(1.1**2 + 3.0**2))
     torch.testing.assert_close(out.losses["l0_penalty"], torch.tensor(0.5 * 2))
     out.loss.backward()
@@ -234,15 +234,17 @@ def test_gated_exact():
 
 def test_topafa_exact_selection():
     sae = SAE.from_config(SAEConfig("topafa", d_in=2, d_sae=3))
-    set_weights(sae, W_enc=torch.zeros(2, 3), b_enc=[3.0, 4.0, 0.5], b_dec=[0.0, 0.0],
+    # no encoder bias (as the reference): pre = x @ W_enc = [3, 4, 0.5] for every x = [1, a]
+    set_weights(sae, W_enc=[[3.0, 4.0, 0.5], [0.0, 0.0, 0.0]], b_dec=[0.0, 0.0],
                 W_dec=[[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # fmt: skip
+    norm_5, norm_41 = t([1.0, 24**0.5]), t([1.0, (4.1**2 - 1) ** 0.5])
     # scores 16, 9, 0.25 -> cumulative norms 4, 5, ...: ||x|| = 5 keeps two, ||x|| = 4.1 keeps one
-    enc = sae.encode(t([5.0, 0.0], [4.1, 0.0], [0.0, 100.0]))
+    enc = sae.encode(torch.cat([norm_5, norm_41, t([1.0, 100.0])]))
     torch.testing.assert_close(enc.feature_acts, t([3.0, 4.0, 0.0], [0.0, 4.0, 0.0], [3.0, 4.0, 0.0]))
     # decoder norms weight the scores: row 0 at norm 2 scores 36 and is kept alone for ||x|| = 5
     set_weights(sae, W_dec=[[2.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
-    torch.testing.assert_close(sae.encode(t([5.0, 0.0])).feature_acts, t([3.0, 0.0, 0.0]))
-    out = sae.training_forward(t([5.0, 0.0], [4.1, 0.0]))
+    torch.testing.assert_close(sae.encode(norm_5).feature_acts, t([3.0, 0.0, 0.0]))
+    out = sae.training_forward(torch.cat([norm_5, norm_41]))
     torch.testing.assert_close(out.losses["l0"], torch.tensor(1.0))
     torch.testing.assert_close(out.losses["l0_std"], torch.tensor(0.0))
     gap = torch.tensor([3.0 - 5.0, 3.0 - 4.1])  # ||f|| - ||x||: feature 0 kept alone for both
@@ -263,19 +265,20 @@ def test_shapes_and_training_outputs(name):
 
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[::3] = True
+    acts = training_acts(sae, x.reshape(10, D_IN))
     train = sae.training_forward(x.reshape(10, D_IN), dead_mask=dead)
     assert train.loss.ndim == 0 and train.loss.requires_grad
-    assert not train.x_hat.requires_grad and not train.feature_acts.requires_grad
-    assert train.x_hat.shape == (10, D_IN) and train.feature_acts.shape == (10, D_SAE)
+    assert not train.x_hat.requires_grad and train.x_hat.shape == (10, D_IN)
+    torch.testing.assert_close(train.x_hat, sae.decode(acts), rtol=1e-5, atol=1e-5)
     assert set(type(sae).loss_terms) <= set(train.losses) and "mse" in train.losses
     assert {"l0", "l0_std"} <= set(train.losses)
     assert all(v.ndim == 0 and not v.requires_grad for v in train.losses.values())
     torch.testing.assert_close(sum(train.losses[k] for k in type(sae).loss_terms), train.loss.detach())
-    l0 = (train.feature_acts != 0).sum(-1).float()
+    l0 = (acts != 0).sum(-1).float()
     torch.testing.assert_close(train.losses["l0"], l0.mean())
     torch.testing.assert_close(train.losses["l0_std"], l0.std(correction=0))
     assert train.fire_counts.dtype == torch.int64
-    torch.testing.assert_close(train.fire_counts, (train.feature_acts != 0).sum(0))
+    torch.testing.assert_close(train.fire_counts, (acts != 0).sum(0))
     mse = (train.x_hat - x.reshape(10, D_IN)).pow(2).sum(-1).mean()
     torch.testing.assert_close(train.losses["mse"], mse, rtol=1e-5, atol=1e-6)
     train.loss.backward()
@@ -286,10 +289,21 @@ def test_shapes_and_training_outputs(name):
         sae.encode(torch.randn(3, D_IN + 1))
 
 
+def training_acts(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """The dense activations a training step uses, computed apart from ``training_forward``:
+    ``encode``'s, except for batchtopk, which keeps the batch's top ``k * B`` ReLU activations."""
+    with torch.no_grad():
+        if not isinstance(sae, BatchTopKSAE):
+            return sae.encode(x).feature_acts
+        relu = torch.relu(sae.encode(x).pre_acts).flatten()
+        top = relu.topk(sae.cfg.k * x.shape[0])
+        return torch.zeros_like(relu).scatter(0, top.indices, top.values).view(x.shape[0], -1)
+
+
 def test_auxk_trains_dead_latents_only_when_asked():
     sae = randomized(make("topk", k=1))
     x = torch.randn(32, D_IN)
-    fired = sae.training_forward(x).feature_acts.ne(0).any(0)
+    fired = sae.training_forward(x).fire_counts > 0
     dead = ~fired
     assert dead.any()
     plain = sae.training_forward(x)
@@ -303,6 +317,72 @@ def test_auxk_trains_dead_latents_only_when_asked():
     assert sae.W_enc.grad[:, dead].abs().sum() > 0 and sae.W_dec.grad[dead].abs().sum() > 0
     none_dead = sae.training_forward(x, dead_mask=torch.zeros(D_SAE, dtype=torch.bool))
     assert none_dead.losses["auxk"] == 0
+
+
+AUXK_SPECS = [name for name in SPECS if name in ("topk", "batchtopk", "topafa")]
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize("n_dead", [2, 8])
+@pytest.mark.parametrize("name", AUXK_SPECS)
+def test_auxk_keeps_the_reference_balance(name, n_dead, sync_free, monkeypatch):
+    """AuxK relative to the MSE as in OpenAI's sparse_autoencoder (Gao et al.): the main loss is
+    ``mse_scale * mse`` (mse_scale = 1 / x's variance), AuxK ``auxk_coef * normalized_mse``
+    (over the residual's variance), both means over elements; ours adds sparsify's
+    ``min(n_dead / aux_k, 1)``. Written out here from the reference's definitions."""
+    monkeypatch.setattr(workbench.sae, "_SYNC_FREE", sync_free)
+    torch.manual_seed(3)
+    sae = randomized(make(name))
+    x = torch.randn(64, D_IN)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[torch.randperm(D_SAE)[:n_dead]] = True
+    pre = sae.encode(x).pre_acts.detach()
+    out = sae.training_forward(x, dead_mask=dead)
+
+    def mse(a, b):  # the reference's: a mean over tokens and dimensions
+        return (a - b).pow(2).mean()
+
+    aux_k = D_IN // 2
+    dead_idx = dead.nonzero().squeeze(1)
+    vals, local = pre[:, dead_idx].topk(min(aux_k, n_dead), dim=1)
+    f_aux = torch.zeros_like(pre).scatter(1, dead_idx[local], vals.clamp_min(0))
+    e = x - out.x_hat
+    main_ref = mse(out.x_hat, x) / mse(x.mean(0).expand_as(x), x)
+    aux_ref = (1 / 32) * mse(f_aux @ sae.W_dec.detach(), e) / mse(e.mean(0).expand_as(e), e)
+    scale = min(n_dead / aux_k, 1.0)
+    assert out.losses["auxk"] > 0
+    torch.testing.assert_close(out.losses["auxk"] / out.losses["mse"], scale * aux_ref / main_ref)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_sync_free_training_step_matches(name, monkeypatch):
+    """The sync-free step (CUDA's) gives the losses, counts and gradients of the CPU one."""
+    results = []
+    for sync_free in (False, True):
+        monkeypatch.setattr(workbench.sae, "_SYNC_FREE", sync_free)
+        torch.manual_seed(4)
+        sae = randomized(make(name))
+        x = torch.randn(32, D_IN)
+        for dead in (torch.arange(D_SAE) % 3 == 0, torch.arange(D_SAE) == 5, torch.zeros(D_SAE, dtype=torch.bool)):
+            out = sae.training_forward(x, dead_mask=dead)
+            out.loss.backward()
+            grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+            sae.zero_grad()
+            results.append((out.losses, out.fire_counts, out.x_hat, grads, dict(sae.named_buffers())))
+    half = len(results) // 2
+    for plain, free in zip(results[:half], results[half:]):
+        for a, b in zip(plain, free):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_batchtopk_threshold_ignores_a_batch_with_nothing_kept():
+    sae = SAE.from_config(SAEConfig("batchtopk", d_in=2, d_sae=2, k=1))
+    set_weights(sae, W_enc=torch.eye(2), b_enc=[-10.0, -10.0], W_dec=torch.eye(2), b_dec=[0.0, 0.0])
+    sae.training_forward(t([1.0, 2.0], [0.5, 0.0]))  # no positive activation: not estimated yet
+    assert sae.threshold.item() == -1.0
+    set_weights(sae, b_enc=[0.0, 0.0])
+    sae.training_forward(t([1.0, 2.0], [0.5, 0.0]))
+    assert sae.threshold.item() == 1.0
 
 
 @pytest.mark.parametrize("subtract_b_dec", [True, False])
@@ -332,7 +412,9 @@ def test_topk_sparse_backward_matches_dense_autograd(subtract_b_dec, with_aux):
         aux_vals, local = pre[:, dead_idx].topk(min(8, len(dead_idx)), dim=1)
         f_aux = torch.zeros_like(pre).scatter(1, dead_idx[local], aux_vals.clamp_min(0))
         residual = (x - x_hat).detach()
-        loss = loss + (1 / 32) * min(len(dead_idx) / 8, 1.0) * (f_aux @ sae.W_dec - residual).pow(2).sum(-1).mean()
+        variance_ratio = (x - x.mean(0)).detach().pow(2).sum() / (residual - residual.mean(0)).pow(2).sum()
+        aux_mse = (f_aux @ sae.W_dec - residual).pow(2).sum(-1).mean()
+        loss = loss + (1 / 32) * min(len(dead_idx) / 8, 1.0) * variance_ratio * aux_mse
     loss.backward()
     torch.testing.assert_close(out.loss, loss)
     dense = {n: p.grad for n, p in sae.named_parameters()} | {"x": x.grad}
@@ -355,7 +437,7 @@ def test_topk_matches_sparsify():
     x = torch.randn(64, D_IN)
     out, ref = ours.training_forward(x), theirs(x)
     torch.testing.assert_close(out.x_hat, ref.sae_out.detach(), rtol=0, atol=1e-5)
-    torch.testing.assert_close(out.feature_acts.gather(1, ref.latent_indices), ref.latent_acts.detach())
+    torch.testing.assert_close(ours.encode(x).feature_acts.gather(1, ref.latent_indices), ref.latent_acts.detach())
     out.loss.backward()
     ref.fvu.backward()
     ratio = (x - x.mean(0)).pow(2).sum() / x.shape[0]  # d mse = d fvu * total variance / batch
@@ -363,6 +445,15 @@ def test_topk_matches_sparsify():
                        theirs.encoder.bias.grad), ("W_dec", ours.W_dec.grad, theirs.W_dec.grad),
                        ("b_dec", ours.b_dec.grad, theirs.b_dec.grad)]:  # fmt: skip
         torch.testing.assert_close(a, b * ratio, rtol=1e-4, atol=1e-5, msg=name)
+    # AuxK picks the same latents, but sparsify weighs it like its FVU (both over Var(x)); ours,
+    # as Gao et al.'s reference, over the residual's variance: heavier by Var(x) / Var(e).
+    dead = torch.arange(D_SAE) % 3 == 0
+    out, ref = ours.training_forward(x, dead_mask=dead), theirs(x, dead_mask=dead)
+    e = x - out.x_hat
+    boost = (x - x.mean(0)).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+    torch.testing.assert_close(
+        out.losses["auxk"] / out.losses["mse"], (1 / 32) * ref.auxk_loss.detach() / ref.fvu.detach() * boost
+    )
 
 
 # ---- constraints ----------------------------------------------------------------------------
@@ -670,9 +761,10 @@ RECOVERY = {  # name: (config overrides, learning rate)
     "jumprelu": (
         {
             "architecture": "jumprelu",
-            "l1_coefficient": 0.05,
-            "jumprelu_bandwidth": 0.05,
-            "jumprelu_init_threshold": 0.05,
+            # 0.05 each in the units of these unnormalised inputs; the config is in DeepMind's (d_in = 32)
+            "l1_coefficient": 0.05 / 32,
+            "jumprelu_bandwidth": 0.05 / math.sqrt(32),
+            "jumprelu_init_threshold": 0.05 / math.sqrt(32),
         },
         1e-2,
     ),  # fmt: skip
@@ -746,7 +838,7 @@ def test_recovers_known_sparse_features(name, one_thread):
         opt.step()
         sae.constrain_weights()
         tokens_since_fired += batch
-        tokens_since_fired[out.feature_acts.ne(0).any(0)] = 0
+        tokens_since_fired[out.fire_counts > 0] = 0
         first_mse = out.losses["mse"].item() if first_mse is None else first_mse
     RECOVERED[name] = fraction = fraction_recovered(sae, directions)
     print(f"{name}: {fraction:.1%} of true features matched at cosine >= 0.9 "

@@ -204,6 +204,46 @@ def test_batches_memory_stays_within_buffer(tmp_path, monkeypatch, shuffle):
     assert torch.equal(torch.cat(seen).sort().values, torch.arange(320.0))
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_skip_yields_what_an_uninterrupted_iterator_does(tmp_path, shuffle, drop_last):
+    store = id_store(tmp_path)  # 160 rows in 10 shards of 16: buffers of 2 shards, 3 rows carried over
+    kw = dict(batch_size=10 + 3, buffer_rows=40, seed=3, epochs=2, shuffle=shuffle, drop_last=drop_last)
+    whole = list(store.batches(**kw))
+    for n in range(len(whole) + 2):  # every position: mid-buffer, buffer and epoch ends, past the end
+        rest = list(store.batches(**kw).skip(n))
+        assert len(rest) == max(len(whole) - n, 0)
+        assert all(torch.equal(a, b) for a, b in zip(rest, whole[n:])), n
+    it = store.batches(**kw)
+    head = [next(it), next(it)]
+    assert all(torch.equal(a, b) for a, b in zip([*head, *it.skip(3)], whole[:2] + whole[5:]))
+    with pytest.raises(ValueError, match="negative"):
+        store.batches(**kw).skip(-1)
+
+
+def test_skip_reads_no_skipped_shard(tmp_path, monkeypatch):
+    store = id_store(tmp_path, n_contexts=40)  # 320 rows in 20 shards of 16
+    kw = dict(batch_size=7, buffer_rows=32, seed=1)  # buffers of 2 shards (32 rows + the carry)
+    whole = list(store.batches(**kw))
+    reads = []
+    read = ActivationStore._read
+
+    def counting_read(self, shard, key, *args):
+        t = read(self, shard, key, *args)
+        reads.append((shard, len(t)))
+        return t
+
+    monkeypatch.setattr(ActivationStore, "_read", counting_read)
+    it = store.batches(**kw).skip(30)  # into buffer 7 of 10 (buffers yield 4, 5, 4, 5, 4, 5, 5, ... batches)
+    assert reads == []
+    assert torch.equal(next(it), whole[30])
+    whole_shards = [shard for shard, n in reads if n == 16]
+    carried = sum(n for _, n in reads if n < 16)
+    assert len(whole_shards) == 2 and 0 < carried < 7  # the landing buffer's shards and its carry
+    assert all(torch.equal(a, b) for a, b in zip(it, whole[31:]))
+    assert sum(n == 16 for _, n in reads) == 8  # the shards of buffers 7 to 10; 1 to 6 were never read
+
+
 # --------------------------------------------------------------------------- resume and crashes
 
 

@@ -168,6 +168,49 @@ def test_resume_in_process_is_exact(tmp_path):
     assert again.history == reference.history
 
 
+def test_resume_from_a_store_skips_without_reading(tmp_path, monkeypatch):
+    from workbench.store import ActivationStore, ActivationWriter
+
+    with ActivationWriter(tmp_path / "store", hookpoints={"h": D_IN}, dtype=torch.float32, ctx_len=BATCH // 4,
+                          meta={}, contexts_per_shard=2) as w:  # fmt: skip
+        for i, x in enumerate(sparse_batches(n=24)):  # 24 batches of 128 rows in 48 shards of 64
+            n = len(x) // (BATCH // 4)
+            w.add({"h": x}, tokens=torch.zeros(len(x), dtype=torch.long),
+                  context=torch.arange(4 * i, 4 * i + n).repeat_interleave(BATCH // 4),
+                  position=torch.arange(BATCH // 4).repeat(n), context_tokens=torch.zeros(n, BATCH // 4),
+                  first_context=4 * i)  # fmt: skip
+    store = ActivationStore.open(tmp_path / "store")
+
+    def data():
+        return store.batches(batch_size=BATCH, buffer_rows=3 * 64, seed=5)  # buffers of 3 shards, 64 rows carried
+
+    cfg = fast(steps=24, checkpoint_every=8)
+    reference = train(make_sae("topk", 8), data(), cfg, progress=False)
+
+    def stop_at_20(state):
+        if state.step == 20:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(make_sae("topk", 8), data(), cfg, out_dir=tmp_path / "run", callbacks=[Callback(on_step_end=stop_at_20)],
+              progress=False)  # fmt: skip
+    rows_read = []  # per read: 64 for a whole shard, fewer for carried rows
+    read = ActivationStore._read
+
+    def counting_read(*args):
+        tensor = read(*args)
+        rows_read.append(len(tensor))
+        return tensor
+
+    monkeypatch.setattr(ActivationStore, "_read", counting_read)
+    resumed = train(make_sae("topk", 8), data(), cfg, out_dir=tmp_path / "run", progress=False)  # from step 16
+    assert_same_weights(resumed.saes[0], reference.saes[0])
+    assert resumed.history == reference.history
+    # The last 8 batches hold 16 shards' rows, less the (< 128) rows carried into their first
+    # buffer, which may start up to a buffer (3 shards) early; the other 29 or more are never read.
+    assert 15 <= sum(n == 64 for n in rows_read) <= 16 + 3 and 0 < sum(n for n in rows_read if n < 64) < BATCH
+
+
 CHILD = """
 import sys, torch
 from workbench.sae import SAE, SAEConfig
@@ -473,3 +516,96 @@ def test_fine_tuning_a_saelens_folder(tmp_path):
         train(ours, sparse_batches(seed=3, scale=20.0), fast(steps=1, lr=1e-12), progress=False)
         after = reconstruction_metrics(ours, held_out).fvu  # an untrained SAE: FVU ~30, so relative
         assert abs(after - before) < 1e-4 * max(before, 1.0), (sae_cls.__name__, before, after)
+
+
+# ---- no host synchronisation per step -------------------------------------------------------
+class SyncRecorder:
+    """Records the aten ops that make a CUDA host wait for the device (item/bool/int/float,
+    nonzero, bincount, boolean indexing, ...) while ``active``, as ``(step, op)`` pairs."""
+
+    OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::bincount", "aten::masked_select",
+           "aten::multinomial", "aten::_unique", "aten::_unique2", "aten::unique_dim",
+           "aten::unique_consecutive", "aten::unique_dim_consecutive"}  # fmt: skip
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        recorder = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if recorder.active and recorder.syncs(func, args, kwargs):
+                    recorder.seen.append((recorder.step, str(func)))
+                return func(*args, **kwargs)
+
+        self.mode = Mode()
+        self.active, self.step, self.seen = False, 0, []
+
+    @classmethod
+    def syncs(cls, func, args, kwargs) -> bool:
+        name = func._schema.name
+        if name in cls.OPS:
+            return True
+        if name == "aten::repeat_interleave" and func._overloadname == "Tensor":
+            return kwargs.get("output_size") is None and (len(args) < 4 or args[3] is None)
+        if name in ("aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"):
+            return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
+        return False
+
+
+class _FusedAdam(torch.optim.Adam):
+    """What the trainer gets on CUDA (fused Adam, no ``step.item()``), here on CPU."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **{**kwargs, "fused": True})
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_training_steps_never_wait_for_the_device(architecture, monkeypatch):
+    """Steps 4 to 12 of train(), with dead latents (AuxK runs) and batchtopk's threshold set,
+    issue no op that syncs on CUDA when the sync-free path is forced (as on CUDA) and Adam is
+    fused (as on CUDA). Logging (after step 12 here) may sync."""
+    import workbench.sae
+
+    monkeypatch.setattr(workbench.sae, "_SYNC_FREE", True)
+    monkeypatch.setattr(torch.optim, "Adam", _FusedAdam)
+    sae = make_sae(architecture, 7)
+    with torch.no_grad():  # half the latents can never fire: dead after dead_window tokens
+        if architecture == "topafa":  # no encoder bias
+            sae.W_enc[:, : D_SAE // 2] = 0
+        else:
+            (sae.b_gate if architecture == "gated" else sae.b_enc)[: D_SAE // 2] = -1e3
+    recorder, dead = SyncRecorder(), []
+
+    def on_step_end(state):
+        if state.step == 3:
+            dead.append(state.dead_fraction[0])  # reads the device: before recording starts
+        recorder.step = state.step
+        recorder.active = 3 <= state.step < 12
+
+    cfg = fast(steps=12, log_every=100, dead_window=2 * BATCH, max_grad_norm=1.0, sparsity_warmup_steps=5,
+               lr_warmup_steps=3, lr_decay_steps=4, resample_every=100)  # fmt: skip
+    with recorder.mode:
+        result = train(sae, list(sparse_batches(n=12)), cfg, callbacks=[Callback(on_step_end=on_step_end)],
+                       progress=False)  # fmt: skip
+    assert recorder.seen == []
+    assert dead[0] >= 0.5 and result.history[-1]["step"] == 12  # AuxK had dead latents to work on
+    assert recorder.syncs(torch.ops.aten.nonzero.default, (torch.ones(2),), {})  # the recorder does see syncs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_training_steps_never_wait_for_the_gpu(architecture):
+    """The same on a GPU, where CUDA itself reports every synchronising call (kernels' own too)."""
+    sae = make_sae(architecture, 7, device="cuda")
+
+    def on_step_end(state):
+        torch.cuda.set_sync_debug_mode("error" if 3 <= state.step < 12 else "default")
+
+    cfg = fast(steps=12, log_every=100, dead_window=2 * BATCH, max_grad_norm=1.0)
+    try:
+        train(sae, [x.cuda() for x in sparse_batches(n=12)], cfg, callbacks=[Callback(on_step_end=on_step_end)],
+              progress=False)  # fmt: skip
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

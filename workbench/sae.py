@@ -104,7 +104,10 @@ class SAEConfig:
     """topk: active features per token. batchtopk: mean active features per token (k * B per batch)."""
 
     l1_coefficient: float = 5.0
-    """Sparsity coefficient: the L1 weight for relu and gated, the L0 weight for jumprelu."""
+    """Sparsity coefficient: the L1 weight for relu and gated (in workbench's units: inputs scaled to
+    ``E ||x|| = sqrt(d_in)``, squared error summed over ``d_in``, as Anthropic's April update), the L0
+    weight for jumprelu in DeepMind's units (inputs of unit mean squared norm, so the loss is
+    ``||x - x_hat||^2 / d_in + l1_coefficient * L0`` there; multiplied by ``d_in`` inside)."""
 
     relu_variant: Literal["towards_monosemanticity", "april_update"] = "towards_monosemanticity"
     """relu only. ``towards_monosemanticity``: encode ``x - b_dec``, unit-norm decoder rows, L1 on f.
@@ -128,10 +131,12 @@ class SAEConfig:
     reference averages its MSE over ``d_in`` where workbench sums it."""
 
     jumprelu_bandwidth: float = 0.001
-    """jumprelu: width of the rectangle kernel in the straight-through estimators."""
+    """jumprelu: width of the rectangle kernel in the straight-through estimators, in DeepMind's units
+    (Rajamanoharan et al. 2024: 0.001 for inputs of unit mean squared norm). The trainer scales inputs
+    to ``E ||x|| = sqrt(d_in)``, so the kernel used is ``jumprelu_bandwidth * sqrt(d_in)``."""
 
     jumprelu_init_threshold: float = 0.001
-    """jumprelu: initial threshold of every feature."""
+    """jumprelu: initial threshold of every feature, in the same units (used: ``* sqrt(d_in)``)."""
 
     batchtopk_threshold_lr: float = 0.01
     """batchtopk: rate of the running mean of the batch's smallest kept activation, the
@@ -213,9 +218,6 @@ class TrainOutput(NamedTuple):
     x_hat: Float[Tensor, "batch d_in"]
     """Reconstruction (detached)."""
 
-    feature_acts: Float[Tensor, "batch d_sae"]
-    """Feature activations as used in training, dense (detached)."""
-
     losses: dict[str, Tensor]
     """Detached scalars for logging. The loss terms (``"mse"`` always: squared error summed over
     ``d_in``, averaged over the batch; then e.g. ``"l1"``, ``"l0_penalty"``, ``"auxk"``, ``"afa"``,
@@ -224,9 +226,9 @@ class TrainOutput(NamedTuple):
     for batchtopk ``"threshold"``."""
 
     fire_counts: Int[Tensor, " d_sae"]
-    """On how many tokens of the batch each feature fired (int64). topk and batchtopk count it
-    from the kept indices, much cheaper than a pass over the dense ``feature_acts``: use it for
-    dead-feature tracking."""
+    """On how many tokens of the batch each feature fired (int64), for dead-feature tracking.
+    topk and batchtopk count it from the kept indices and never build the dense
+    ``[batch, d_sae]`` activations; ``encode`` gives those (for batchtopk, inference's)."""
 
 
 # ---- the base class -------------------------------------------------------------------------
@@ -352,30 +354,51 @@ class SAE(nn.Module):
         return (x_hat.to(dtype) - x.to(dtype)).pow(2).sum(-1).mean()
 
     def _auxk(self, pre: Tensor, x: Tensor, x_hat: Tensor, dead_mask: Tensor | None) -> Tensor:
-        """AuxK (Gao et al. 2024; as in sparsify and SAELens): the top ``aux_k`` dead latents
-        reconstruct the residual ``x - x_hat``, without ``b_dec``; scaled by
-        ``min(n_dead / aux_k, 1)`` and ``aux_coefficient``, in the units of ``mse``."""
-        dead_idx, k_aux, scale = self._aux_plan(dead_mask)
-        if dead_idx is None:
+        """AuxK (Gao et al. 2024, appendix A.2): the top ``aux_k`` dead latents (by pre-activation,
+        ReLU'd) reconstruct the residual ``e = x - x_hat``, without ``b_dec``. The loss is
+
+            aux_coefficient * min(n_dead / aux_k, 1) * mse(e_hat, e) * Var(x) / Var(e)
+
+        with ``Var`` a batch's total variance (summed over ``d_in``, averaged over tokens; both
+        detached). This keeps the paper's balance: OpenAI's reference (``sparse_autoencoder/
+        train.py``) divides the main MSE by x's variance (``mse_scale``, a constant estimated
+        once) and the AuxK MSE by the residual's (``normalized_mse``); in workbench's units,
+        where ``mse`` is not normalised, that is the factor ``Var(x) / Var(e)``, about ``1 / FVU``
+        (3-10x for FVUs of 0.1-0.3). ``min(n_dead / aux_k, 1)`` is sparsify's (the reference has
+        none). The peers are weaker by that factor: sparsify divides AuxK by ``Var(x)``, like its
+        FVU, and SAELens does not normalise it, so both keep it in the main loss's units. A batch
+        whose residual has no variance gets no AuxK (0/0 in the reference, which maps it to 0)."""
+        plan = self._aux_plan(dead_mask, pre)
+        if plan is None:
             return x_hat.new_zeros(())
-        vals, local = pre.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
-        return self._auxk_from_selection(vals.clamp_min(0), dead_idx[local], scale, x, x_hat)
+        aux_acts, aux_idx = _aux_select(pre, plan)
+        return self._auxk_loss(_SparseDecode.apply(aux_acts, aux_idx, self.W_dec), plan.scale, x, x_hat)
 
-    def _aux_plan(self, dead_mask: Tensor | None) -> tuple[Tensor | None, int, float]:
-        """Dead latent indices, how many of them AuxK uses per token, and the loss scale."""
-        if dead_mask is None:
-            return None, 0, 0.0
-        dead_idx = dead_mask.to(self.W_dec.device).nonzero().squeeze(1)
-        n_dead = dead_idx.numel()
-        if n_dead == 0 or self.cfg.aux_coefficient == 0:
-            return None, 0, 0.0
+    def _aux_plan(self, dead_mask: Tensor | None, like: Tensor) -> _AuxPlan | None:
+        """Which latents AuxK may use and its loss scale; None when AuxK has nothing to do.
+
+        Sync-free (see ``_SYNC_FREE``): the dead mask stays on the device, ``k`` is ``aux_k``
+        whatever the number of dead latents, and the scale is a tensor. Otherwise the dead
+        latents' indices are gathered (a host sync on CUDA) so that AuxK only looks at them."""
+        if dead_mask is None or self.cfg.aux_coefficient == 0:
+            return None
         aux_k = self.cfg.aux_k if self.cfg.aux_k is not None else max(self.cfg.d_in // 2, 1)
-        return dead_idx, min(aux_k, n_dead), min(n_dead / aux_k, 1.0)
+        dead = dead_mask.to(like.device)
+        if _sync_free(like):
+            scale = (dead.sum() / aux_k).clamp(max=1.0)
+            return _AuxPlan(min(aux_k, self.cfg.d_sae), scale, None, dead)
+        dead_idx = dead.nonzero().squeeze(1)
+        n_dead = dead_idx.numel()
+        if n_dead == 0:
+            return None
+        return _AuxPlan(min(aux_k, n_dead), min(n_dead / aux_k, 1.0), dead_idx, None)
 
-    def _auxk_from_selection(self, aux_acts: Tensor, aux_idx: Tensor, scale: float, x: Tensor, x_hat: Tensor) -> Tensor:
+    def _auxk_loss(self, e_hat: Tensor, scale: Tensor | float, x: Tensor, x_hat: Tensor) -> Tensor:
+        """The AuxK loss (see ``_auxk``) from the dead latents' reconstruction ``e_hat``."""
         residual = (x - x_hat).detach()
-        e_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_acts, mode="sum")
-        return self.cfg.aux_coefficient * scale * self._mse(e_hat, residual)
+        var_x, var_e = _total_variance(x.detach()), _total_variance(residual)
+        ratio = torch.where(var_e > 0, var_x / var_e.clamp_min(torch.finfo(var_e.dtype).tiny), 0.0)
+        return self.cfg.aux_coefficient * scale * ratio * self._mse(e_hat, residual)
 
     @staticmethod
     def _activity(feature_acts: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -588,7 +611,7 @@ class ReLUSAE(SAE):
         weighted = f * self.W_dec.norm(dim=1) if self._april else f
         l1 = self.cfg.l1_coefficient * sparsity_scale * weighted.sum(-1).mean()
         losses = {"mse": mse, "l1": l1}
-        return _train_output(losses, x_hat, f, *self._activity(f))
+        return _train_output(losses, x_hat, *self._activity(f))
 
     def _saelens_architecture(self) -> str:
         return "standard"
@@ -607,8 +630,8 @@ def _bags(idx: Int[Tensor, "batch n"], n_out: int) -> _Bags:
     """Sort the (token, slot) entries of ``idx`` by latent: one bag of entries per latent."""
     width = idx.shape[1]
     latents, order = idx.reshape(-1).sort(stable=True)  # stable sort is the fast (radix) one on CPU
-    counts = torch.bincount(latents, minlength=n_out)
-    offsets = counts.cumsum(0) - counts
+    # Where each latent's run starts in the sorted list (bincount would sync on CUDA).
+    offsets = torch.searchsorted(latents, torch.arange(n_out, device=idx.device, dtype=latents.dtype))
     return _Bags(order, order.div(width, rounding_mode="floor"), offsets)
 
 
@@ -626,7 +649,7 @@ def _gather_dot(W: Float[Tensor, "m d"], idx: Int[Tensor, "batch n"], g: Float[T
     batch, width = idx.shape
     flat = idx.reshape(-1)
     offsets = torch.arange(0, batch * width, width, device=idx.device)
-    bag = torch.arange(batch, device=idx.device).repeat_interleave(width)
+    bag = torch.arange(batch, device=idx.device)[:, None].expand(batch, width).reshape(-1)
     op = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
     if op is not None:
         return op(g.contiguous(), W, flat, offsets, bag, 0, -1).view(batch, width)
@@ -637,38 +660,60 @@ def _gather_dot(W: Float[Tensor, "m d"], idx: Int[Tensor, "batch n"], g: Float[T
     return out
 
 
+class _SparseDecode(torch.autograd.Function):
+    """``out[b] = sum_j acts[b, j] W_dec[idx[b, j]]`` (no bias), with a backward that touches the
+    selected rows only: grouped by latent for ``W_dec``, gathered for ``acts``. On CPU that is
+    about twice as fast as ``embedding_bag``'s own backward, which goes through a dense pass."""
+
+    @staticmethod
+    def forward(ctx, acts: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
+        ctx.save_for_backward(acts, idx, W_dec)
+        ctx.mark_non_differentiable(idx)
+        return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
+
+    @staticmethod
+    def backward(ctx, g):
+        acts, idx, W_dec = ctx.saved_tensors
+        g = g.contiguous()
+        grad_acts = _gather_dot(W_dec, idx, g) if ctx.needs_input_grad[0] else None
+        grad_W_dec = _segment_sum(_bags(idx, W_dec.shape[0]), acts, g) if ctx.needs_input_grad[2] else None
+        return grad_acts, None, grad_W_dec
+
+
 class _TopKAutoencode(torch.autograd.Function):
-    """x -> (x_hat, top acts, top indices, aux acts, aux indices) with a sparse backward.
+    """x -> (x_hat, e_hat, top acts, top indices) with a sparse backward.
 
     The forward does the one dense matmul (pre-activations) and a top-k; decoding and every
     gradient go through the k selected latents per token only (as sparsify's fused encoder and
-    embedding-bag decoder do), so a step costs about one dense matmul. When ``dead_idx`` is
-    given, the top ``k_aux`` pre-activations among those latents are also returned, so AuxK
-    gradients reach the encoder through the same sparse path.
+    embedding-bag decoder do), so a step costs about one dense matmul. With an AuxK ``plan``,
+    ``e_hat`` is the AuxK reconstruction from the top dead latents (``_aux_select``), whose
+    gradients take the same sparse path (else ``e_hat`` is empty). No host syncs (given a
+    sync-free plan).
     """
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k: int, subtract_b_dec: bool, dead_idx, k_aux: int):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k: int, subtract_b_dec: bool, plan: _AuxPlan | None, scratch):
         sae_in = x - b_dec if subtract_b_dec else x
-        pre = torch.addmm(b_enc, sae_in, W_enc)  # (B, d_sae)
+        pre = torch.addmm(b_enc, sae_in, W_enc, out=scratch)  # (B, d_sae); scratch: None or reused memory
         vals, idx = pre.topk(k, dim=1, sorted=False)  # (B, k)
         acts = vals.clamp_min(0)
         x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum") + b_dec
-        if dead_idx is not None:
-            aux_vals, local = pre.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
-            aux_idx = dead_idx[local]
-            aux_acts = aux_vals.clamp_min(0)
+        if plan is not None:
+            aux_acts, aux_idx = _aux_select(pre, plan)  # (B, k_aux)
+            e_hat = F.embedding_bag(aux_idx, W_dec, per_sample_weights=aux_acts, mode="sum")
         else:
-            aux_idx = idx.new_empty(idx.shape[0], 0)
-            aux_acts = acts.new_empty(acts.shape[0], 0)
+            aux_acts, aux_idx = acts.new_empty(acts.shape[0], 0), idx.new_empty(idx.shape[0], 0)
+            e_hat = x_hat.new_empty(0)
+            ctx.mark_non_differentiable(e_hat)
         del pre
         ctx.subtract_b_dec = subtract_b_dec
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(sae_in, W_enc, W_dec, idx, acts, aux_idx, aux_acts)
-        ctx.mark_non_differentiable(idx, aux_idx)
-        return x_hat, acts, idx, aux_acts, aux_idx
+        ctx.mark_non_differentiable(idx)
+        return x_hat, e_hat, acts, idx
 
     @staticmethod
-    def backward(ctx, g_x_hat, g_acts, _g_idx, g_aux_acts, _g_aux_idx):
+    def backward(ctx, g_x_hat, g_e_hat, g_acts, _g_idx):
         sae_in, W_enc, W_dec, idx, acts, aux_idx, aux_acts = ctx.saved_tensors
         d_sae = W_dec.shape[0]
         need = ctx.needs_input_grad
@@ -683,17 +728,22 @@ class _TopKAutoencode(torch.autograd.Function):
         bags = _bags(idx, d_sae)
         if need[3]:
             grad_W_dec = _segment_sum(bags, acts, g_x_hat)
-        # Encoder, through the ReLU on the kept pre-activations (and on the aux ones).
+        # Encoder, through the ReLU on the kept pre-activations.
         g = g * (acts > 0)
-        all_idx, all_g = idx, g
-        g_aux = None
-        if aux_idx.shape[1] > 0 and g_aux_acts is not None:
-            g_aux = g_aux_acts * (aux_acts > 0)
-            all_idx, all_g = torch.cat([idx, aux_idx], dim=1), torch.cat([g, g_aux], dim=1)
         if need[1]:
             grad_W_enc_T = _segment_sum(bags, g, sae_in)
-            if g_aux is not None:
-                grad_W_enc_T += _segment_sum(_bags(aux_idx, d_sae), g_aux, sae_in)
+        all_idx, all_g = idx, g
+        if aux_idx.shape[1] > 0 and g_e_hat is not None:
+            # AuxK: e_hat[b] = sum_j aux_acts[b, j] W_dec[aux_idx[b, j]], the same two ways.
+            g_e_hat = g_e_hat.contiguous()
+            g_aux = _gather_dot(W_dec, aux_idx, g_e_hat) * (aux_acts > 0)
+            aux_bags = _bags(aux_idx, d_sae)
+            if need[3]:
+                grad_W_dec += _segment_sum(aux_bags, aux_acts, g_e_hat)
+            if need[1]:
+                grad_W_enc_T += _segment_sum(aux_bags, g_aux, sae_in)
+            all_idx, all_g = torch.cat([idx, aux_idx], dim=1), torch.cat([g, g_aux], dim=1)
+        if need[1]:
             grad_W_enc = grad_W_enc_T.T
         g_pre_sum = torch.zeros(d_sae, dtype=all_g.dtype, device=all_g.device)
         g_pre_sum.index_add_(0, all_idx.reshape(-1), all_g.reshape(-1))  # d loss / d b_enc
@@ -716,6 +766,20 @@ class TopKSAE(SAE):
     architecture = "topk"
     loss_terms = ("mse", "auxk")
 
+    _scratch: Tensor | None = None
+
+    def _pre_scratch(self, x: Tensor) -> Tensor | None:
+        """On CPU, memory for the training step's ``[batch, d_sae]`` pre-activations, kept from
+        step to step: a fresh tensor that large (beyond glibc's 32 MB mmap threshold) costs page
+        faults on every step, 5-10% of it. None on CUDA, whose caching allocator does this."""
+        if x.is_cuda:
+            return None
+        shape = (x.shape[0], self.cfg.d_sae)
+        scratch = self._scratch
+        if scratch is None or scratch.shape != shape or scratch.dtype != x.dtype or scratch.device != x.device:
+            self._scratch = scratch = torch.empty(shape, dtype=x.dtype, device=x.device)
+        return scratch
+
     def _topk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pre = self._pre_acts(x)
         vals, idx = pre.topk(self.cfg.k, dim=1, sorted=False)
@@ -734,21 +798,18 @@ class TopKSAE(SAE):
         return ForwardOutput(x_hat.reshape(*lead, -1), feature_acts.reshape(*lead, -1))
 
     def _training_forward(self, x, sparsity_scale, dead_mask) -> TrainOutput:
-        dead_idx, k_aux, scale = self._aux_plan(dead_mask)
-        x_hat, acts, idx, aux_acts, aux_idx = _TopKAutoencode.apply(
-            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.cfg.k, self.apply_b_dec_to_input, dead_idx, k_aux
+        plan = self._aux_plan(dead_mask, x)
+        x_hat, e_hat, acts, idx = _TopKAutoencode.apply(
+            x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.cfg.k, self.apply_b_dec_to_input, plan,
+            self._pre_scratch(x),
         )
         mse = self._mse(x_hat, x)
-        if dead_idx is not None:
-            auxk = self._auxk_from_selection(aux_acts, aux_idx, scale, x, x_hat)
-        else:
-            auxk = mse.new_zeros(())
+        auxk = self._auxk_loss(e_hat, plan.scale, x, x_hat) if plan is not None else mse.new_zeros(())
         with torch.no_grad():
-            feature_acts = torch.zeros(x.shape[0], self.cfg.d_sae, dtype=acts.dtype, device=acts.device)
-            feature_acts.scatter_(1, idx, acts)
-            on = acts > 0
-            fire_counts = torch.bincount(idx[on], minlength=self.cfg.d_sae)
-        return _train_output({"mse": mse, "auxk": auxk}, x_hat, feature_acts, _l0_metrics(on.sum(1)), fire_counts)
+            on = acts > 0  # (B, k): ReLU-zeroed picks do not fire
+            fire_counts = torch.zeros(self.cfg.d_sae, dtype=torch.long, device=idx.device)
+            fire_counts.index_add_(0, idx.reshape(-1), on.reshape(-1).long())
+        return _train_output({"mse": mse, "auxk": auxk}, x_hat, _l0_metrics(on.sum(1)), fire_counts)
 
     def _saelens_cfg_extra(self) -> dict[str, Any]:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
@@ -775,39 +836,36 @@ class BatchTopKSAE(SAE):
         return F.relu(pre) * (pre > self.threshold), pre
 
     def _training_forward(self, x, sparsity_scale, dead_mask) -> TrainOutput:
-        batch = x.shape[0]
+        batch, d_sae = x.shape[0], self.cfg.d_sae
         pre = self._pre_acts(x)
         top = F.relu(pre).flatten().topk(self.cfg.k * batch, sorted=False)
         # Decode the kept entries per token with an embedding bag (row-sorted), not a dense matmul.
         flat_idx, order = top.indices.sort(stable=True)
-        rows = flat_idx.div(self.cfg.d_sae, rounding_mode="floor")
-        cols = flat_idx - rows * self.cfg.d_sae
-        counts = torch.bincount(rows, minlength=batch)
-        offsets = counts.cumsum(0) - counts
+        rows = flat_idx.div(d_sae, rounding_mode="floor")
+        cols = flat_idx - rows * d_sae
+        token_starts = torch.arange(0, batch * d_sae, d_sae, device=flat_idx.device, dtype=flat_idx.dtype)
+        offsets = torch.searchsorted(flat_idx, token_starts)  # each token's first entry, without a sync
         kept = top.values[order]
         x_hat = F.embedding_bag(cols, self.W_dec, offsets, mode="sum", per_sample_weights=kept) + self.b_dec
         mse = self._mse(x_hat, x)
         auxk = self._auxk(pre, x, x_hat, dead_mask)
         with torch.no_grad():
-            feature_acts = torch.zeros(batch * self.cfg.d_sae, dtype=pre.dtype, device=pre.device)
-            feature_acts = feature_acts.scatter_(0, top.indices, top.values).view(batch, self.cfg.d_sae)
-            self._update_threshold(top.values)
+            self._update_threshold(kept)
             on = kept > 0
-            metrics = {**_l0_metrics(torch.bincount(rows[on], minlength=batch)), "threshold": self.threshold.clone()}
-            fire_counts = torch.bincount(cols[on], minlength=self.cfg.d_sae)
-        return _train_output({"mse": mse, "auxk": auxk}, x_hat, feature_acts, metrics, fire_counts)
+            l0 = torch.zeros(batch, dtype=torch.long, device=rows.device).index_add_(0, rows, on.long())
+            fire_counts = torch.zeros(d_sae, dtype=torch.long, device=cols.device).index_add_(0, cols, on.long())
+            metrics = {**_l0_metrics(l0), "threshold": self.threshold.clone()}
+        return _train_output({"mse": mse, "auxk": auxk}, x_hat, metrics, fire_counts)
 
     @torch.no_grad()
     def _update_threshold(self, kept: Tensor) -> None:
-        positive = kept[kept > 0]
-        if positive.numel() == 0:
-            return
-        smallest = positive.min().to(self.threshold.dtype)
-        if self.threshold < 0:
-            self.threshold.copy_(smallest)
-        else:
-            lr = self.cfg.batchtopk_threshold_lr
-            self.threshold.mul_(1 - lr).add_(lr * smallest)
+        """Set the threshold to the smallest positive kept activation on the first step, then
+        move it towards it by ``batchtopk_threshold_lr``; unchanged when nothing positive was
+        kept. Tensor ops only: no host sync."""
+        smallest = torch.where(kept > 0, kept, math.inf).amin().to(self.threshold.dtype)
+        lr = self.cfg.batchtopk_threshold_lr
+        moved = torch.where(self.threshold < 0, smallest, self.threshold * (1 - lr) + lr * smallest)
+        self.threshold.copy_(torch.where(torch.isfinite(smallest), moved, self.threshold))
 
     def _saelens_architecture(self) -> str:
         return "jumprelu"
@@ -872,7 +930,13 @@ class _Step(torch.autograd.Function):
 class JumpReLUSAE(SAE):
     """JumpReLU SAE (Rajamanoharan et al. 2024): ``f = pre * (pre > exp(log_threshold))`` on
     ``pre = ReLU(x @ W_enc + b_enc)``, trained with an L0 penalty through straight-through
-    estimators; decoder rows kept at unit norm."""
+    estimators; decoder rows kept at unit norm.
+
+    DeepMind's hyper-parameters (bandwidth and initial threshold 0.001, the L0 coefficient) are for
+    inputs of unit mean squared norm; workbench's inputs have ``E ||x|| = sqrt(d_in)``, so
+    pre-activations are ``sqrt(d_in)`` times larger and the summed squared error ``d_in`` times
+    larger. The config keeps DeepMind's units and the SAE scales them: bandwidth and initial
+    threshold by ``sqrt(d_in)``, the L0 coefficient by ``d_in``."""
 
     architecture = "jumprelu"
     loss_terms = ("mse", "l0_penalty")
@@ -881,7 +945,8 @@ class JumpReLUSAE(SAE):
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
         self.log_threshold = nn.Parameter(
-            torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=DTYPES[cfg.dtype], device=cfg.device)
+            torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold * math.sqrt(cfg.d_in)),
+                       dtype=DTYPES[cfg.dtype], device=cfg.device)
         )
 
     @property
@@ -896,13 +961,13 @@ class JumpReLUSAE(SAE):
     def _training_forward(self, x, sparsity_scale, dead_mask) -> TrainOutput:
         z = F.relu(self._pre_acts(x))
         threshold = self.threshold
-        bw = self.cfg.jumprelu_bandwidth
+        bw = self.cfg.jumprelu_bandwidth * math.sqrt(self.cfg.d_in)
         f = _JumpReLU.apply(z, threshold, bw)
         x_hat = self.decode(f)
         mse = self._mse(x_hat, x)
         l0 = _Step.apply(z, threshold, bw).sum(-1).mean()
-        penalty = self.cfg.l1_coefficient * sparsity_scale * l0
-        return _train_output({"mse": mse, "l0_penalty": penalty}, x_hat, f, *self._activity(f))
+        penalty = self.cfg.l1_coefficient * self.cfg.d_in * sparsity_scale * l0
+        return _train_output({"mse": mse, "l0_penalty": penalty}, x_hat, *self._activity(f))
 
     def _saelens_tensors(self) -> dict[str, Tensor]:
         return {**super()._saelens_tensors(), "threshold": self.threshold}
@@ -964,7 +1029,7 @@ class GatedSAE(SAE):
         x_hat_frozen = f_gate @ self.W_dec.detach() + self.b_dec.detach()
         aux_recon = self._mse(x_hat_frozen, x)
         losses = {"mse": mse, "l1": l1, "aux_recon": aux_recon}
-        return _train_output(losses, x_hat, f, *self._activity(f))
+        return _train_output(losses, x_hat, *self._activity(f))
 
     def _saelens_tensors(self) -> dict[str, Tensor]:
         return {
@@ -990,10 +1055,30 @@ class TopAFASAE(SAE):
     ``||x - b_dec||_2`` (``k`` varies per token, at least 1, never all of ``d_sae``). Loss:
     ``mse + afa_coefficient * d_in * mean((||f||_2 - ||x||_2)^2) + AuxK``; the ``d_in`` keeps the
     reference's balance, whose MSE is a mean over ``d_in``. Decoder rows kept at unit norm.
+
+    As in the reference (``TopAFASAE.forward`` in SewoongLee/top-afa-sae ``training/sae.py``) the
+    encoder has no bias: ``pre = (x - b_dec) @ W_enc``, and ``b_enc`` is None. Folders saved by
+    older workbench versions with a zero ``b_enc`` still load; a non-zero one is refused.
     """
 
     architecture = "topafa"
     loss_terms = ("mse", "afa", "auxk")
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        del self.b_enc
+        self.b_enc = None
+
+    def _pre_acts(self, x: Tensor) -> Tensor:
+        return self._sae_in(x) @ self.W_enc
+
+    def _saelens_tensors(self) -> dict[str, Tensor]:
+        return {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+
+    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = super()._expected_shapes()
+        del shapes["b_enc"]
+        return shapes
 
     @torch.no_grad()
     def _afa_mask(self, acts: Tensor, x: Tensor) -> Tensor:
@@ -1020,7 +1105,7 @@ class TopAFASAE(SAE):
         gap = torch.linalg.vector_norm(f, dim=-1) - torch.linalg.vector_norm(x, dim=-1)
         afa = self.cfg.afa_coefficient * self.cfg.d_in * gap.pow(2).mean()
         auxk = self._auxk(pre, x, x_hat, dead_mask)
-        return _train_output({"mse": mse, "afa": afa, "auxk": auxk}, x_hat, f, *self._activity(f))
+        return _train_output({"mse": mse, "afa": afa, "auxk": auxk}, x_hat, *self._activity(f))
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -1034,6 +1119,50 @@ _CLASSES: dict[str, type[SAE]] = {
 }
 
 
+_SYNC_FREE: bool | None = None
+"""Whether training steps avoid host synchronisations (no ``nonzero``, ``bincount``, boolean
+indexing or ``.item()``), so that the host can queue work ahead of the device. Every step is
+written that way except AuxK, which on CPU, where a sync costs nothing, keeps a much cheaper path
+that first gathers the dead latents' columns. None: sync-free on CUDA only; True or False force
+it (tests force True on CPU)."""
+
+
+def _sync_free(x: Tensor) -> bool:
+    return x.is_cuda if _SYNC_FREE is None else _SYNC_FREE
+
+
+class _AuxPlan(NamedTuple):
+    """Which latents AuxK may use, in one of two forms, and its loss scale."""
+
+    k: int
+    """Latents AuxK keeps per token."""
+    scale: Tensor | float
+    """``min(n_dead / aux_k, 1)``: a tensor when sync-free, else a float."""
+    dead_idx: Tensor | None
+    """Indices of the dead latents (the path with a sync), or None."""
+    dead: Tensor | None
+    """The dead mask (the sync-free path), or None."""
+
+
+def _aux_select(
+    pre: Float[Tensor, "batch d_sae"], plan: _AuxPlan
+) -> tuple[Float[Tensor, "batch k_aux"], Int[Tensor, "batch k_aux"]]:
+    """The ``plan.k`` largest dead pre-activations of each token, ReLU'd, and their latents.
+    Sync-free, live latents are masked to -inf, so with fewer dead latents than ``k`` some
+    picks are live ones with activation 0 (no reconstruction, no gradient)."""
+    if plan.dead_idx is not None:
+        vals, local = pre.index_select(1, plan.dead_idx).topk(plan.k, dim=1, sorted=False)
+        return vals.clamp_min(0), plan.dead_idx[local]
+    vals, idx = pre.masked_fill(~plan.dead, -math.inf).topk(plan.k, dim=1, sorted=False)
+    return vals.clamp_min(0), idx
+
+
+def _total_variance(x: Float[Tensor, "batch d"]) -> Float[Tensor, ""]:
+    """``sum_d Var_batch(x_d)``: the mean squared distance of the tokens to their mean (float32 at least)."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (x - x.mean(0)).pow(2).sum(-1).mean()
+
+
 def _l0_metrics(l0: Tensor) -> dict[str, Tensor]:
     """Mean and spread over tokens of the number of active features per token."""
     l0 = l0.float()
@@ -1041,11 +1170,11 @@ def _l0_metrics(l0: Tensor) -> dict[str, Tensor]:
 
 
 def _train_output(
-    terms: dict[str, Tensor], x_hat: Tensor, feature_acts: Tensor, metrics: dict[str, Tensor], fire_counts: Tensor
+    terms: dict[str, Tensor], x_hat: Tensor, metrics: dict[str, Tensor], fire_counts: Tensor
 ) -> TrainOutput:
     loss = sum(terms.values())
     losses = {name: value.detach().float() for name, value in {**terms, **metrics}.items()}
-    return TrainOutput(loss, x_hat.detach(), feature_acts.detach(), losses, fire_counts)  # type: ignore[arg-type]
+    return TrainOutput(loss, x_hat.detach(), losses, fire_counts)  # type: ignore[arg-type]
 
 
 def _read_safetensors(file: Path) -> dict[str, Tensor]:
@@ -1164,6 +1293,12 @@ def _cfg_from_json(raw: dict[str, Any], device: str, where: Path) -> SAEConfig:
     for src, dst in renamed.items():
         if isinstance(raw.get(src), (int, float)) and not isinstance(raw.get(src), bool):
             cfg[dst] = raw[src]
+    if arch == "jumprelu":  # SAELens' JumpReLU settings are in its input units (||x|| ~ sqrt(d_in)): to DeepMind's
+        for key in ("jumprelu_bandwidth", "jumprelu_init_threshold"):
+            if key in cfg:
+                cfg[key] = cfg[key] / math.sqrt(raw["d_in"])
+        if "l1_coefficient" in cfg:
+            cfg["l1_coefficient"] = cfg["l1_coefficient"] / raw["d_in"]
     try:
         return SAEConfig(**cfg)
     except (TypeError, ValueError) as e:
@@ -1184,6 +1319,13 @@ def _tensors_from_saelens(
         tensors["threshold"] = tensors.pop("log_threshold").exp()
     if "topk_threshold" in tensors and "threshold" not in tensors:  # SAELens batchtopk training checkpoint
         tensors["threshold"] = tensors.pop("topk_threshold").reshape(1).expand(cfg.d_sae).clone()
+    if cfg.architecture == "topafa" and "b_enc" in tensors:  # written before top-AFA lost its encoder bias
+        if torch.any(tensors["b_enc"] != 0):
+            raise SAEFormatError(
+                f"{where}: this top-AFA SAE has a non-zero encoder bias (b_enc), saved by an older workbench; "
+                "top-AFA now follows the reference encoder, which has none. Retrain it"
+            )
+        del tensors["b_enc"]
     if (
         "workbench" not in raw
         and raw.get("rescale_acts_by_decoder_norm")

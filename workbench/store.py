@@ -590,7 +590,7 @@ class ActivationStore:
         epochs: int = 1,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-    ) -> Iterator[Float[Tensor, "batch d"]]:
+    ) -> BatchIterator:
         """Iterate over `hookpoint`'s activations in batches, with memory bounded by `buffer_rows`.
 
         Shuffling is two-level and deterministic for a seed: each epoch (seeded ``seed + epoch``)
@@ -598,6 +598,9 @@ class ActivationStore:
         permutes the buffer's rows, yields full batches, and carries the remainder into the next
         buffer. At most ``buffer_rows + batch_size`` rows are held (a single shard larger than
         `buffer_rows` is still loaded whole). ``shuffle=False`` yields rows in store order.
+
+        The iterator's ``skip(n)`` jumps over ``n`` batches without reading them (training
+        resumes with it): see :class:`BatchIterator`.
 
         Args:
             hookpoint: Which activations; may be omitted when the store has one hookpoint.
@@ -615,7 +618,7 @@ class ActivationStore:
             raise ValueError(
                 f"need batch_size >= 1, buffer_rows >= 1, epochs >= 0; got {batch_size}, {buffer_rows}, {epochs}"
             )
-        return self._batches(key, batch_size, seed, shuffle, buffer_rows, drop_last, epochs, device, dtype)
+        return BatchIterator(self, key, batch_size, seed, shuffle, buffer_rows, drop_last, epochs, device, dtype)
 
     def _batches(
         self,
@@ -628,9 +631,18 @@ class ActivationStore:
         epochs: int,
         device: str | torch.device,
         dtype: torch.dtype,
+        start: int = 0,
     ) -> Iterator[Tensor]:
+        """The batches from the ``start``-th on (0-based, over all epochs).
+
+        Batches before ``start`` are planned, not read: the shard orders and the buffers'
+        permutations are drawn as when reading, so the generator stays in step, and the rows
+        carried from buffer to buffer are followed by their store index. The first buffer that
+        yields a batch is read whole, plus the carried rows it starts with, read alone.
+        """
         d = self.hookpoints[key.removeprefix("acts.")]
         storage = torch.empty(0, d, dtype=self.dtype)
+        skip = start
         for epoch in range(epochs):
             gen = torch.Generator().manual_seed(seed + epoch)
             if shuffle:
@@ -648,12 +660,25 @@ class ActivationStore:
                 rows += self._shards[i]["rows"]
 
             carry = torch.empty(0, d, dtype=self.dtype)  # (k < batch_size, d), already shuffled
+            # While skipping, the carry is known by its rows' store indices only.
+            carry_ids: Tensor | None = torch.empty(0, dtype=torch.long) if skip else None
             need = max((sum(self._shards[i]["rows"] for i in g) for g in groups), default=0) + batch_size - 1
             if len(storage) < need:  # one buffer, reused: no page faults from fresh allocations
                 del storage  # before allocating the bigger one
                 storage = torch.empty(need, d, dtype=self.dtype)
             for group in groups:
-                total = len(carry) + sum(self._shards[i]["rows"] for i in group)
+                n_carry = len(carry) if carry_ids is None else len(carry_ids)
+                total = n_carry + sum(self._shards[i]["rows"] for i in group)
+                n_full = total // batch_size * batch_size
+                perm = torch.randperm(total, generator=gen) if shuffle else None
+                if carry_ids is not None:
+                    if skip * batch_size >= n_full:  # the whole buffer is skipped: read nothing
+                        skip -= n_full // batch_size
+                        shard_ids = [torch.arange(self._row_starts[i], self._row_starts[i + 1]) for i in group]
+                        ids = torch.cat([carry_ids, *shard_ids])
+                        carry_ids = ids[perm[n_full:]] if perm is not None else ids[n_full:]
+                        continue
+                    carry, carry_ids = self._rows_at(key, carry_ids), None
                 buf = storage[:total]  # (R, d)
                 buf[: len(carry)] = carry
                 at = len(carry)
@@ -662,19 +687,47 @@ class ActivationStore:
                     buf[at : at + len(part)] = part
                     at += len(part)
                     del part
-                n_full = total // batch_size * batch_size
+                first, skip = skip * batch_size, 0
                 # Batches and the carry are copies, so the buffer can be refilled under them.
-                if shuffle:
-                    perm = torch.randperm(total, generator=gen)
-                    for s in range(0, n_full, batch_size):
+                if perm is not None:
+                    for s in range(first, n_full, batch_size):
                         yield buf.index_select(0, perm[s : s + batch_size]).to(device=device, dtype=dtype)
                     carry = buf.index_select(0, perm[n_full:])
                 else:
-                    for s in range(0, n_full, batch_size):
+                    for s in range(first, n_full, batch_size):
                         yield buf[s : s + batch_size].to(device=device, dtype=dtype, copy=True)
                     carry = buf[n_full:].clone()
+            if carry_ids is not None:  # still skipping at the end of the epoch
+                if len(carry_ids) == 0 or drop_last:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                carry = self._rows_at(key, carry_ids)
             if len(carry) and not drop_last:
                 yield carry.to(device=device, dtype=dtype)
+
+    def _rows_at(self, key: str, ids: Int[Tensor, " n"]) -> Tensor:
+        """Rows ``ids`` (indices in store order) of ``key``, in that order: each run of consecutive
+        rows in one shard is one read, so only these rows are read."""
+        d = self.hookpoints[key.removeprefix("acts.")]
+        out = torch.empty(len(ids), d, dtype=self.dtype)
+        if len(ids) == 0:
+            return out
+        order = ids.argsort()
+        wanted = ids[order].tolist()
+        parts = []
+        i = 0
+        while i < len(wanted):
+            shard = bisect.bisect_right(self._row_starts, wanted[i]) - 1
+            lo, hi = self._row_starts[shard], self._row_starts[shard + 1]
+            j = i + 1
+            while j < len(wanted) and wanted[j] == wanted[j - 1] + 1 and wanted[j] < hi:
+                j += 1
+            parts.append(self._read(shard, key, wanted[i] - lo, wanted[j - 1] + 1 - lo))
+            i = j
+        out[order] = torch.cat(parts)
+        return out
 
     def rows(self, hookpoint: str | None, start: int, stop: int) -> Float[Tensor, "n d"]:
         """Activations of rows ``start:stop`` in store order, in the store's dtype."""
@@ -717,3 +770,34 @@ class ActivationStore:
             local = ids[where] - self._shards[shard]["contexts"][0]
             out[where] = self._read(shard, "context_tokens")[local].long()
         return out
+
+
+class BatchIterator:
+    """What :meth:`ActivationStore.batches` returns: an iterator over the batches that can also
+    jump ahead without reading what it jumps over, for resuming training (``train`` calls
+    ``skip``)."""
+
+    def __init__(self, store: ActivationStore, *args: Any) -> None:
+        self._store = store
+        self._args = args  # key, batch_size, seed, shuffle, buffer_rows, drop_last, epochs, device, dtype
+        self._position = 0
+        self._batches = store._batches(*args)
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> Float[Tensor, "batch d"]:
+        batch = next(self._batches)
+        self._position += 1
+        return batch
+
+    def skip(self, n: int) -> BatchIterator:
+        """Jump over the next ``n`` batches and return this iterator, which then yields exactly
+        what an uninterrupted one would. Nothing is read to skip: the shard orders and buffer
+        permutations are recomputed from the seed, and reading starts with the buffer that holds
+        the next batch (its shards, plus the fewer than ``batch_size`` rows carried into it)."""
+        if n < 0:
+            raise ValueError(f"cannot skip a negative number of batches ({n})")
+        self._position += n
+        self._batches = self._store._batches(*self._args, start=self._position)
+        return self

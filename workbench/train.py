@@ -406,7 +406,7 @@ class _SAERun:
             self.window_tokens += x.shape[0]
             self.last = {**out.losses, "loss": out.loss.detach()}
             for key, value in self.last.items():
-                if key == "l0":  # measured from feature_acts instead
+                if key == "l0":  # measured from fire_counts (active_sum) instead
                     continue
                 value = value.detach()
                 self.sums[key] = self.sums[key] + value if key in self.sums else value
