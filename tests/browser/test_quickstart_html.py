@@ -79,7 +79,7 @@ def test_export_is_small(exported):
 @pytest.mark.slow
 def test_every_chart_heatmap_and_bar_is_visible(measured, quickstart):
     charts, heatmaps, bars = measured["charts"], measured["heatmaps"], measured["bars"]
-    assert len(charts) == 3  # norms, training (once), density
+    assert len(charts) == 4  # norms, training (once), ZF plot, density
     assert len(heatmaps) == 1 + len(quickstart.results["features"])
     for item in charts + heatmaps + bars:
         x, y, width, height = item["box"]
