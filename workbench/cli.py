@@ -100,7 +100,7 @@ def _eval(args: argparse.Namespace) -> None:
     metrics = evaluate_sae(model, sae.to(args.device), hookpoint, tokens=args.tokens,
                            corpus=args.corpus or run.get("corpus", EMBEDDED_CORPUS),
                            ctx_len=args.ctx_len or run.get("ctx_len", 128), seed=args.seed,
-                           mean=_training_mean(args.dir, run, hookpoint), progress=True)
+                           mean=_training_mean(args.dir, run, hookpoint), convention=args.convention, progress=True)
     print(json.dumps(metrics.to_dict(), indent=2, default=float))
     rc, afa = metrics.reconstruction, metrics.afa
     print(f"FVU {rc.fvu:.4f} ({rc.fvu_ci or 'no interval'}), epsilon-LBO {afa.eps_lbo:.4g} "
@@ -170,6 +170,9 @@ def parser() -> argparse.ArgumentParser:
                      help="text, whose held-out test split is used (default: the run's corpus, else django-docs)")
     sub.add_argument("--ctx-len", type=int, default=None, help="tokens per context (default: the run's, else 128)")
     sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--convention", choices=["workbench", "saelens"], default="workbench",
+                     help="loss-recovered baselines: workbench leaves BOS clean in every variant; saelens "
+                          "zero-ablates BOS too, as SAELens's ce_loss_score (default: workbench)")
     sub.add_argument("--device", default="cpu")
     sub.set_defaults(run=_eval)
     return main

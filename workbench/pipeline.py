@@ -212,14 +212,14 @@ class SAEEvaluation:
 
 def evaluate_sae(model: Model, sae: SAE, hookpoint: str, *, tokens: int = 32_768, corpus: str = EMBEDDED_CORPUS,
                  ctx_len: int = 128, seed: int = 0, mean: torch.Tensor | None = None, batch_size: int = 16,
-                 progress: bool = False) -> SAEEvaluation:
+                 convention: str = "workbench", progress: bool = False) -> SAEEvaluation:
     """Reconstruction, sparsity, epsilon-LBO and loss-recovered metrics on ``tokens`` held-out tokens (the
     corpus's test split), from one pass of the model per batch."""
     n_contexts = -(-tokens // (ctx_len - 1))
     contexts = token_contexts(model.tokenizer, corpus, n_contexts=n_contexts, ctx_len=ctx_len, seed=seed, split="test",
                               bos_token_id=model.bos_token_id)
     recon, recovered, afa = faithfulness(model, sae, hookpoint, contexts, batch_size=batch_size, mean=mean,
-                                         progress=progress)
+                                         convention=convention, progress=progress)
     heldout = {"corpus": corpus, "split": "test", "tokens": recon.n_tokens, "contexts": recon.n_contexts}
     return SAEEvaluation(heldout, recon, recovered, afa)
 
