@@ -213,3 +213,15 @@ def chromium() -> Chromium:
             pytest.fail(f"{message}; CI must run the browser tests (.ci/run installs it)", pytrace=False)
         pytest.skip(message)
     return Chromium(CHROMIUM)
+
+
+# (name, config overrides): every architecture, both relu variants; shared by the SAE and AFA tests.
+SPECS = {
+    "relu": {"architecture": "relu"},
+    "relu_april": {"architecture": "relu", "relu_variant": "april_update"},
+    "topk": {"architecture": "topk", "k": 3},
+    "batchtopk": {"architecture": "batchtopk", "k": 3},
+    "jumprelu": {"architecture": "jumprelu"},
+    "gated": {"architecture": "gated"},
+    "topafa": {"architecture": "topafa"},
+}

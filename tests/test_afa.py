@@ -12,18 +12,10 @@ import torch
 
 from workbench.afa import AFAAccumulator, AFAMetrics, afa_metrics, eps_lbo, zf_points
 from workbench.charts import ZF_SCATTER_MAX, zf_plot
+from conftest import SPECS
 from workbench.sae import SAE, SAEConfig
 from workbench.stats import Interval, intervals
 
-SPECS = {
-    "relu": {"architecture": "relu"},
-    "relu_april": {"architecture": "relu", "relu_variant": "april_update"},
-    "topk": {"architecture": "topk", "k": 3},
-    "batchtopk": {"architecture": "batchtopk", "k": 3},
-    "jumprelu": {"architecture": "jumprelu"},
-    "gated": {"architecture": "gated"},
-    "topafa": {"architecture": "topafa"},
-}
 
 
 def relu_sae(W_enc, W_dec, b_dec, dtype="float64") -> SAE:

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import workbench.sae
+from conftest import SPECS
 from workbench.sae import (
     ARCHITECTURES,
     SAE,
@@ -28,16 +29,6 @@ from workbench.sae import (
 
 D_IN, D_SAE = 8, 24
 
-# (name, config overrides): every architecture, both relu variants.
-SPECS = {
-    "relu": {"architecture": "relu"},
-    "relu_april": {"architecture": "relu", "relu_variant": "april_update"},
-    "topk": {"architecture": "topk", "k": 3},
-    "batchtopk": {"architecture": "batchtopk", "k": 3},
-    "jumprelu": {"architecture": "jumprelu"},
-    "gated": {"architecture": "gated"},
-    "topafa": {"architecture": "topafa"},
-}
 SAELENS_SPECS = [name for name in SPECS if name != "topafa"]  # SAELens has no top-AFA
 
 
