@@ -352,7 +352,9 @@ class _SAERun:
         self.device, self.dtype = device, sae.W_dec.dtype
         self.base_lr = cfg.lr if cfg.lr is not None else default_lr(d_sae)
         self.lr = self.base_lr
-        fused = device.type == "cuda" and all(p.is_floating_point() for p in self.params)
+        # Fused Adam: one kernel for all parameters, on CUDA and on CPU (98 ms -> 8 ms per step on a
+        # 2-core CPU for a 4608 x 576 SAE, most of a TopK step there).
+        fused = device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in self.params)
         self.opt = torch.optim.Adam(self.params, lr=self.base_lr, betas=tuple(cfg.adam_betas), fused=fused or None)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.resample = cfg.resample_every is not None and _architecture(sae) == "relu"
@@ -551,6 +553,12 @@ class _SAERun:
                 _, index, name = key.split(".", 2)
                 opt_state.setdefault(int(index), {})[name] = value
         self.opt.load_state_dict({"state": opt_state, "param_groups": self.opt.state_dict()["param_groups"]})
+        # Moments were saved contiguous; a fused Adam walks them in their parameter's memory order,
+        # so give them its strides again (W_enc can be a column-major copy of W_dec.T).
+        for param, state in self.opt.state.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state and state[key].stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(state[key])
         self.tokens_since_fired.copy_(tensors["counter.tokens_since_fired"])
         norms = tensors.get("decoder_norms")
         self.decoder_norms = None if norms is None else norms.to(self.device, self.dtype)
