@@ -19,10 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import fields, replace
+from pathlib import Path
 
 import torch
 
 from workbench.models import load_model
+from workbench.sae import SAE, SAEConfig
 from workbench.pipeline import TrainRunConfig, evaluate_sae, new_sae, train_config
 from workbench.store import ActivationStore
 from workbench.train import train
@@ -46,11 +49,20 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--eval-tokens", type=int, default=TrainRunConfig.eval_tokens)
     parser.add_argument("--l1", type=float, default=TrainRunConfig.l1)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an SAEConfig field of every run, e.g. jumprelu_init_threshold=0.04 (repeatable)")
+    parser.add_argument("--save", help="save each trained SAE under SAVE/HOOKPOINT-ARCH (for bench/afa_compare.py)")
     for name in ("d_sae", "k", "epochs", "batch_size", "lr", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float if name == "lr" else int,
                             default=getattr(TrainRunConfig, name))
     args = parser.parse_args()
 
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or name not in {f.name for f in fields(SAEConfig)}:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD an SAEConfig field")
+        overrides[name] = type(getattr(SAEConfig, name, 0.0) or 0.0)(value) if value not in ("None", "") else None
     store = ActivationStore.open(args.store)
     model = load_model(args.model)
     for run_spec in args.run:
@@ -61,6 +73,9 @@ def main() -> None:
         x = store.rows(hookpoint, 0, min(args.rows, store.n_rows)).float()
         torch.manual_seed(cfg.seed)
         sae = new_sae(cfg, x.shape[1])
+        if overrides:
+            torch.manual_seed(cfg.seed)
+            sae = SAE.from_config(replace(sae.cfg, **overrides))
         train_cfg = train_config(cfg, len(x))  # no out_dir: nothing is checkpointed
         started = time.perf_counter()
         result = train(sae, in_memory_batches(x, cfg.batch_size, cfg.epochs, cfg.seed), train_cfg, progress=False)
@@ -68,6 +83,8 @@ def main() -> None:
         started = time.perf_counter()
         evaluation = evaluate_sae(model, result.saes[0], hookpoint, tokens=args.eval_tokens, mean=x.mean(0))
         lr, rc = evaluation.loss_recovered, evaluation.reconstruction
+        if args.save:
+            result.saes[0].save(Path(args.save) / f"{hookpoint}-{arch}")
         print(json.dumps({
             "hookpoint": hookpoint, "arch": arch, "rows": len(x), "epochs": cfg.epochs, "lr": cfg.lr,
             "d_sae": cfg.d_sae, "k": cfg.k if arch in ("topk", "batchtopk") else None,
@@ -81,6 +98,7 @@ def main() -> None:
             "loss_recovered_skip": None if lr.loss_recovered_skip is None else round(lr.loss_recovered_skip, 4),
             "ci95": {**{name: [round(v, 4) for v in ci] for name, ci in lr.ci.items()},
                      "fvu": None if rc.fvu_ci is None else [round(v, 4) for v in rc.fvu_ci]},
+            "overrides": overrides, "eps_lbo": None if evaluation.afa is None else round(evaluation.afa.eps_lbo, 4),
             "summary": evaluation.summary,
         }, default=float), flush=True)
 
