@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--eval-tokens", type=int, default=TrainRunConfig.eval_tokens)
     parser.add_argument("--l1", type=float, default=TrainRunConfig.l1)
+    parser.add_argument("--relu-variant", default=TrainRunConfig.relu_variant,
+                        choices=["april_update", "towards_monosemanticity"])
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override an SAEConfig field of every run, e.g. jumprelu_init_threshold=0.04 (repeatable)")
     parser.add_argument("--save", help="save each trained SAE under SAVE/HOOKPOINT-ARCH (for bench/afa_compare.py)")
@@ -69,7 +71,7 @@ def main() -> None:
         hookpoint, arch, *l1 = run_spec.split(":")  # HOOKPOINT:ARCH or HOOKPOINT:ARCH:L1
         l1 = float(l1[0]) if l1 else args.l1
         cfg = TrainRunConfig(out="", model=args.model, hookpoint=hookpoint, arch=arch, d_sae=args.d_sae, k=args.k,
-                             l1=l1, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                             l1=l1, relu_variant=args.relu_variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         x = store.rows(hookpoint, 0, min(args.rows, store.n_rows)).float()
         torch.manual_seed(cfg.seed)
         sae = new_sae(cfg, x.shape[1])

@@ -101,6 +101,24 @@ def test_cli_trains_every_architecture(tmp_path, local_model_dir, corpus, arch, 
     assert load_run_sae(out).cfg.architecture == arch
 
 
+def test_each_architecture_gets_its_measured_defaults():
+    from workbench.pipeline import DEFAULT_L1, new_sae, train_config
+
+    def recipe(arch, **kw):
+        cfg = TrainRunConfig(out="", arch=arch, d_sae=64, k=4, **kw)
+        return new_sae(cfg, 16).cfg, train_config(cfg, 150_000)
+
+    for arch, l1 in DEFAULT_L1.items():
+        assert recipe(arch)[0].l1_coefficient == l1
+    assert recipe("relu", l1=0.5)[0].l1_coefficient == 0.5
+    sae, train = recipe("relu")  # the April update, as published: gradient clipping, L1 warm-up, resampling
+    assert sae.relu_variant == "april_update" and train.max_grad_norm == 1.0
+    assert train.sparsity_warmup_steps == train.steps // 20 and train.resample_every == train.steps // 8
+    sae, train = recipe("relu", relu_variant="towards_monosemanticity")
+    assert sae.relu_variant == "towards_monosemanticity" and train.max_grad_norm is None
+    assert recipe("topk")[1].sparsity_warmup_steps == 0 and recipe("topk")[1].resample_every is None
+
+
 def test_bad_train_settings_are_refused(tmp_path, local_model_dir, corpus, capsys):
     with pytest.raises(ValueError, match="d_sae must be positive"):
         TrainRunConfig(out=str(tmp_path), d_sae=0)

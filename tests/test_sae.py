@@ -111,7 +111,7 @@ def test_initialisation():
     assert make("relu").apply_b_dec_to_input and not make("relu_april").apply_b_dec_to_input
     assert not make("jumprelu").apply_b_dec_to_input and make("gated").apply_b_dec_to_input
     assert make("jumprelu", apply_b_dec_to_input=True).apply_b_dec_to_input
-    torch.testing.assert_close(make("jumprelu").threshold, torch.full((D_SAE,), 0.001 * math.sqrt(D_IN)))  # DeepMind units
+    torch.testing.assert_close(make("jumprelu").threshold, torch.full((D_SAE,), 0.04 * math.sqrt(D_IN)))  # DeepMind units
 
 
 # ---- exact small-weight checks --------------------------------------------------------------
