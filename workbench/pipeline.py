@@ -120,9 +120,9 @@ def train_run(cfg: TrainRunConfig, *, model: Model | None = None, callbacks: lis
 
 DEFAULT_L1 = {"relu": 2.0, "gated": 5.0, "jumprelu": 0.004}
 """Sparsity coefficients used when ``--l1`` is not given, measured on the default job (SmolLM2-135M layer
-15 MLP output, 150k tokens x 8 epochs, 4,608 features; README): relu (April update) at 2 gave L0 52 and
-loss recovered 0.91, where Anthropic's 5 gave L0 13 and 0.82 in this short run; jumprelu at 0.004 gave
-L0 30 and 0.86; gated at 2 and 4 gave L0 234 and 77 (loss recovered 0.95 and 0.90)."""
+15 MLP output, 150k tokens x 8 epochs, 4,608 features; README): relu (April update) at 2 gave L0 55 and
+loss recovered 0.90, where Anthropic's 5 gave L0 13 and 0.82 in this short run; jumprelu at 0.004 gave
+L0 30 and 0.86; gated at 5 gave L0 45 and 0.86 (at 2 and 4: L0 234 and 77)."""
 
 
 def new_sae(cfg: TrainRunConfig, d_in: int) -> SAE:
