@@ -17,6 +17,7 @@ Each run takes minutes on a 2-core CPU (relu and topafa several: their encoders 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import time
 from dataclasses import fields, replace
@@ -25,8 +26,8 @@ from pathlib import Path
 import torch
 
 from workbench.models import load_model
+from workbench.pipeline import TrainRunConfig, evaluate_sae, sae_config, train_config
 from workbench.sae import SAE, SAEConfig
-from workbench.pipeline import TrainRunConfig, evaluate_sae, new_sae, train_config
 from workbench.store import ActivationStore
 from workbench.train import train
 
@@ -64,20 +65,21 @@ def main() -> None:
         name, sep, value = item.partition("=")
         if not sep or name not in {f.name for f in fields(SAEConfig)}:
             parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD an SAEConfig field")
-        overrides[name] = type(getattr(SAEConfig, name, 0.0) or 0.0)(value) if value not in ("None", "") else None
+        try:  # a Python literal (0.04, 256, True, None), else the string itself (april_update)
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value
     store = ActivationStore.open(args.store)
     model = load_model(args.model)
     for run_spec in args.run:
         hookpoint, arch, *l1 = run_spec.split(":")  # HOOKPOINT:ARCH or HOOKPOINT:ARCH:L1
         l1 = float(l1[0]) if l1 else args.l1
         cfg = TrainRunConfig(out="", model=args.model, hookpoint=hookpoint, arch=arch, d_sae=args.d_sae, k=args.k,
-                             l1=l1, relu_variant=args.relu_variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                             l1=l1, relu_variant=args.relu_variant, epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr, seed=args.seed)
         x = store.rows(hookpoint, 0, min(args.rows, store.n_rows)).float()
         torch.manual_seed(cfg.seed)
-        sae = new_sae(cfg, x.shape[1])
-        if overrides:
-            torch.manual_seed(cfg.seed)
-            sae = SAE.from_config(replace(sae.cfg, **overrides))
+        sae = SAE.from_config(replace(sae_config(cfg, x.shape[1]), **overrides))
         train_cfg = train_config(cfg, len(x))  # no out_dir: nothing is checkpointed
         started = time.perf_counter()
         result = train(sae, in_memory_batches(x, cfg.batch_size, cfg.epochs, cfg.seed), train_cfg, progress=False)

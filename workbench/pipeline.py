@@ -125,12 +125,16 @@ loss recovered 0.90, where Anthropic's 5 gave L0 13 and 0.82 in this short run; 
 L0 30 and 0.86; gated at 5 gave L0 45 and 0.86 (at 2 and 4: L0 234 and 77)."""
 
 
+def sae_config(cfg: TrainRunConfig, d_in: int) -> SAEConfig:
+    """The SAE's configuration for a run: ``cfg``'s fields, the architecture's default sparsity when ``cfg.l1`` is None."""
+    l1 = cfg.l1 if cfg.l1 is not None else DEFAULT_L1.get(cfg.arch, 5.0)
+    return SAEConfig(architecture=cfg.arch, d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, l1_coefficient=l1,
+                     relu_variant=cfg.relu_variant, hook_name=cfg.hookpoint, model_name=cfg.model, device=cfg.device)
+
+
 def new_sae(cfg: TrainRunConfig, d_in: int) -> SAE:
     """A freshly initialised SAE as ``cfg`` describes it (seed the RNG first for a reproducible init)."""
-    l1 = cfg.l1 if cfg.l1 is not None else DEFAULT_L1.get(cfg.arch, 5.0)
-    return SAE.from_config(SAEConfig(architecture=cfg.arch, d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, l1_coefficient=l1,
-                                     relu_variant=cfg.relu_variant, hook_name=cfg.hookpoint, model_name=cfg.model,
-                                     device=cfg.device))
+    return SAE.from_config(sae_config(cfg, d_in))
 
 
 def train_config(cfg: TrainRunConfig, n_rows: int) -> TrainConfig:

@@ -606,12 +606,12 @@ def _initialise(runs: list[_SAERun], init: list[Tensor], cfg: TrainConfig) -> fl
             )
         scale = math.sqrt(first.d_in) / mean_norm
     for run in runs:
-        if getattr(run.sae, "trained", False):
+        if run.sae.trained:
             _check_trained(run)
             run.sae.fold_activation_scale(1 / scale)  # takes x * scale, returns x_hat * scale: the same function
             if run.sae.unit_norm_decoder:
                 run.decoder_norms = run.sae.W_dec.norm(dim=1).clone()
-    fresh = [run for run in runs if not getattr(run.sae, "trained", False)]
+    fresh = [run for run in runs if not run.sae.trained]
     if not fresh:
         return scale
     x = x[:_MAX_INIT_POINTS] * scale
