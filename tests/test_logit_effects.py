@@ -9,6 +9,16 @@ from workbench import hookpoints
 from workbench.logit_effects import METHOD, logit_effects, through_norm
 
 from conftest import VOCAB, tiny_model
+from workbench.models import Model
+
+
+def tiny_gemma2() -> Model:
+    """A tiny random Gemma 2 (its RMS norms multiply by 1 + weight); logit effects need only ``hf``."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    return Model(name="tiny-gemma2", hf=Gemma2ForCausalLM(config).eval(), nn=None, tokenizer=None, bos_token_id=0)
 
 
 def _randomise_norm(norm: torch.nn.Module) -> None:
@@ -29,7 +39,8 @@ def _by_hand(hf: torch.nn.Module, directions: torch.Tensor) -> torch.Tensor:
             scale = (directions.var(dim=-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
             offset = head(norm.bias)  # a centred zero input gives the bias alone
         else:
-            scale = (directions.square().mean(dim=-1, keepdim=True) + norm.variance_epsilon).sqrt()
+            eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+            scale = (directions.square().mean(dim=-1, keepdim=True) + eps).sqrt()
             offset = head(torch.zeros(directions.shape[1]))
         return (head(norm(directions)) - offset) * scale
 
