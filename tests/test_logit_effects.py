@@ -7,9 +7,9 @@ import torch
 
 from workbench import hookpoints
 from workbench.logit_effects import METHOD, logit_effects, through_norm
+from workbench.models import Model
 
 from conftest import VOCAB, tiny_model
-from workbench.models import Model
 
 
 def tiny_gemma2() -> Model:

@@ -6,14 +6,12 @@ activations (a feature "fires" where its value is > 0); most can also say what o
 feature adds to the residual stream, for logit effects and for matching features across
 dictionaries (:func:`best_matches`).
 
-==================  =========================================================================
-:class:`SAEDictionary`     an SAE of :mod:`workbench.sae`, any architecture; ``W_dec`` rows
-:class:`NeuronDictionary`  the MLP's neurons at ``blocks.L.mlp.hook_post``; activation ``max(x, 0)``,
-                           direction the down projection's column for the neuron
-:class:`PCADictionary`     principal components (streamed covariance), oriented to their heavy tail
-:class:`ICADictionary`     FastICA (logcosh, symmetric) on the whitened data, streamed
-:class:`RandomDictionary`  random unit directions, a baseline
-==================  =========================================================================
+* :class:`SAEDictionary`: an SAE of :mod:`workbench.sae`, any architecture; directions ``W_dec`` rows;
+* :class:`NeuronDictionary`: the MLP's neurons at ``blocks.L.mlp.hook_post``; activation
+  ``max(x, 0)``, direction the down projection's column for the neuron;
+* :class:`PCADictionary`: principal components (streamed covariance), oriented to their heavy tail;
+* :class:`ICADictionary`: FastICA (logcosh, symmetric) of the whitened activations, streamed;
+* :class:`RandomDictionary`: random unit directions, a baseline.
 
 The linear ones (PCA, ICA, random) encode ``relu((x - mean) @ encoder.T)``: each feature is one
 side of a direction. A component's sign is chosen so that its positive side holds the heavy tail
@@ -96,7 +94,13 @@ class Dictionary(Protocol):
     """Number of features."""
 
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch n_features"]:
-        """Dense feature activations, >= 0, float32, on the dictionary's device."""
+        """Dense feature activations, >= 0, float32. Runs on :attr:`device` (the input is moved
+        there; neurons, which hold no tensors, run where the input is)."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where :meth:`encode` runs; ``to(device)`` moves the dictionary."""
         ...
 
     def residual_directions(self, model: Model | None = None) -> Float[Tensor, "n_features d_model"] | None:
@@ -372,7 +376,13 @@ class SAEDictionary:
                 "hookpoint": self.hookpoint, "d_in": self.d_in, "n_features": self.n_features, "architecture": arch,
                 "model": self.sae.cfg.model_name, "source": self.source}
 
+    @property
+    def device(self) -> torch.device:
+        """Where ``encode`` runs (the SAE's parameters)."""
+        return self.sae.W_enc.device
+
     def to(self, device: str | torch.device) -> SAEDictionary:
+        """Move the SAE to ``device``; returns self."""
         self.sae.to(device)
         return self
 
@@ -432,8 +442,14 @@ class NeuronDictionary:
                 "hookpoint": self.hookpoint, "d_in": self.d_in, "n_features": self.n_features,
                 "both_signs": self.both_signs, "source": self.info.get("source"), **self.info}
 
+    @property
+    def device(self) -> torch.device:
+        """Always the CPU: encoding needs no tensors of its own, it runs where the input is."""
+        return torch.device("cpu")
+
     def to(self, device: str | torch.device) -> NeuronDictionary:
-        return self  # encoding needs no tensors of its own
+        """Nothing to move; returns self."""
+        return self
 
     def save(self, path: str | os.PathLike) -> None:
         _save_folder(path, {"kind": self.kind, "hookpoint": self.hookpoint, "d_in": self.d_in,
@@ -505,7 +521,13 @@ class _Linear:
                 "hookpoint": self.hookpoint, "d_in": self.d_in, "n_features": self.n_features,
                 "both_signs": self.both_signs, "source": self.info.get("source"), **self.info}
 
+    @property
+    def device(self) -> torch.device:
+        """Where ``encode`` runs (inputs are moved there)."""
+        return self.encoder.device
+
     def to(self, device: str | torch.device) -> _Linear:
+        """Move the encoder, decoder and mean to ``device``; returns self."""
         self.encoder, self.decoder, self.mean = (t.to(device) for t in (self.encoder, self.decoder, self.mean))
         return self
 
@@ -573,7 +595,18 @@ class PCADictionary(_Linear):
             device: str | torch.device = "cpu", progress: bool = True) -> PCADictionary:
         """Two streamed passes over the first ``max_rows`` rows (all if None): float64 mean and
         covariance, then (after the eigendecomposition) the third moments that orient each
-        component. ``n_components`` None keeps all ``d_in``."""
+        component.
+
+        Args:
+            store: The activations.
+            hookpoint: Which of the store's hook points; may be omitted when it has one.
+            n_components: Components kept, by explained variance; None keeps all ``d_in``.
+            batch_size: Rows per streamed batch.
+            both_signs: Keep both sides of each component (``2 * n_components`` features).
+            max_rows: Fit on the first rows of the store only (store order).
+            device: Where the passes run; the fitted dictionary is on the CPU.
+            progress: Show a progress bar per pass.
+        """
         hookpoint = _only_hookpoint(store, hookpoint)
         d = store.d(hookpoint)
         n_components = d if n_components is None else n_components
@@ -634,6 +667,22 @@ class ICADictionary(_Linear):
         with ``g = tanh``; then ``W <- sym_decorrelate(E[g(Wz) z^T] - diag(E[g'(Wz)]) W)``.
         It stops when ``max |abs(diag(W_new W^T)) - 1| < tol`` or after ``max_iter`` passes
         (``info["converged"]`` says which). A last pass orients each component by its skew.
+        On 2 CPU cores, a pass over 60k rows of width 576 took about 0.4 s at 64 components and
+        2 s at 576; ``max_rows``, ``n_components`` and ``device`` bound the cost.
+
+        Args:
+            store: The activations.
+            hookpoint: Which of the store's hook points; may be omitted when it has one.
+            n_components: Independent components, found in the span of as many principal
+                components; None: every direction of non-zero variance.
+            max_iter: Most fixed-point passes.
+            tol: Convergence threshold on the change of the unmixing rows.
+            seed: Seed of the random initial unmixing matrix.
+            max_rows: Fit on the first rows of the store only (store order).
+            batch_size: Rows per streamed batch.
+            both_signs: Keep both sides of each component (``2 * n_components`` features).
+            device: Where the passes run; the fitted dictionary is on the CPU.
+            progress: Show progress bars (one for the fixed-point passes).
         """
         hookpoint = _only_hookpoint(store, hookpoint)
         d = store.d(hookpoint)
