@@ -470,6 +470,9 @@ class _Linear:
 
     kind: ClassVar[str] = ""
     _name: ClassVar[str] = ""
+    """How a feature's title starts, e.g. ``"PCA"`` in ``"PCA 3"``."""
+    _label: ClassVar[str] = ""
+    """What the dictionary is called in its label."""
     _extra: ClassVar[tuple[str, ...]] = ()
     """Names of further per-component tensors a subclass saves (e.g. explained variance)."""
 
@@ -517,7 +520,7 @@ class _Linear:
     def describe(self) -> dict:
         signs = " (both signs)" if self.both_signs else ""
         return {"kind": self.kind,
-                "label": f"{self._name}{signs}, {self.hookpoint or 'unknown hook point'}, {self.n_features} features",
+                "label": f"{self._label}{signs}, {self.hookpoint or 'unknown hook point'}, {self.n_features} features",
                 "hookpoint": self.hookpoint, "d_in": self.d_in, "n_features": self.n_features,
                 "both_signs": self.both_signs, "source": self.info.get("source"), **self.info}
 
@@ -574,7 +577,7 @@ class PCADictionary(_Linear):
     """
 
     kind = "pca"
-    _name = "PCA"
+    _name = _label = "PCA"
     _extra = ("explained_variance", "explained_variance_ratio", "skew")
     explained_variance: Float[Tensor, " n"]
     """Variance of the data along each component, descending."""
@@ -644,7 +647,7 @@ class ICADictionary(_Linear):
     """
 
     kind = "ica"
-    _name = "ICA"
+    _name = _label = "ICA"
     _extra = ("scale", "skew")
     scale: Float[Tensor, " n"]
     """Each component's mixing-column norm: the standard deviation it contributes, descending."""
@@ -740,7 +743,7 @@ class RandomDictionary(_Linear):
     drawn from a seeded Gaussian. ``mean`` is zero unless :meth:`fit_mean` sets it."""
 
     kind = "random"
-    _name = "random"
+    _name, _label = "random", "random directions"
 
     def __init__(self, d_in: int, n_features: int, seed: int = 0, hookpoint: str = "", *,
                  both_signs: bool = False) -> None:
