@@ -189,8 +189,9 @@ def write_neuronpedia(
         sae_set: Neuronpedia set name (``np_set_name``).
         sae_id_suffix: Optional source-id suffix (``np_sae_id_suffix``).
         dataset: Where the prompts came from; default ``stats.meta["corpus"]`` or ``""``.
-        n_prompts_total: Prompts the statistics read; default from ``stats.meta``.
-        n_tokens_in_prompt: Tokens per prompt; default from ``stats.meta``.
+        n_prompts_total: Prompts the statistics read; default ``stats.meta["n_contexts"]``, else 0
+            (Neuronpedia's importer takes these two from its command line, not from the files).
+        n_tokens_in_prompt: Tokens per prompt; default ``stats.meta["ctx_len"]``, else 0.
         decoder: The dictionary's decoder rows in the hook point's basis (an SAE's ``W_dec``),
             for the neuron-alignment table; None leaves that table empty.
         features: Which features to export (default all), in batches of ``batch_size``.
@@ -216,7 +217,7 @@ def write_neuronpedia(
         layer = _layer_of(meta)
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise ValueError(f"layer must be an int, got {layer!r}")
-    dataset = dataset if dataset is not None else str(_meta_value(meta, "corpus", "dataset", "source") or "")
+    dataset = dataset if dataset is not None else str(_meta_value(meta, "corpus", "dataset") or "")
     n_prompts_total = n_prompts_total if n_prompts_total is not None else int(_meta_value(meta, "n_contexts", "n_prompts") or 0)
     n_tokens_in_prompt = n_tokens_in_prompt if n_tokens_in_prompt is not None else int(_meta_value(meta, "ctx_len") or 0)
 
