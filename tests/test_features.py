@@ -114,7 +114,7 @@ def test_feature_stats_equal_brute_force(tmp_path, small_stats_case, llama_tiny)
         for j in range(cfg.n_intervals):
             inside = interval == j
             assert int(stats.tensors["interval_counts"][f, j]) == int(inside.sum())
-            chosen = firing_rows[inside][keys[inside].argsort()[: cfg.per_interval]]
+            chosen = firing_rows[inside][keys[inside].argsort(stable=True)[: cfg.per_interval]]
             got = stats.tensors["interval_rows"][f, j]
             assert got[got >= 0].tolist() == chosen.tolist()
         # quantiles: every sample lies in its bin; bins hold about equal counts
@@ -168,3 +168,25 @@ def test_feature_stats_resume_and_reload(tmp_path, small_stats_case):
     (tmp_path / "b" / "feature_stats.safetensors").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="recompute"):
         FeatureStats.load(tmp_path / "b")
+
+
+def test_text_features_rank_the_features_of_a_text(llama_tiny):
+    from workbench.capture import run_to
+    from workbench.features import text_features
+
+    hookpoint = "blocks.1.hook_mlp_out"
+    sae = SAE.from_config(SAEConfig("relu", d_in=32, d_sae=24, hook_name=hookpoint))
+    dictionary = _Plain(sae, hookpoint)
+    found = text_features(llama_tiny, dictionary, "w5 w9 w9 w17")
+    assert found.tokens == ["w5", "w9", "w9", "w17"]
+    acts = dictionary.encode(run_to(llama_tiny, [hookpoint], torch.tensor([[0, 5, 9, 9, 17]]))[hookpoint][0, 1:]).detach()
+    assert torch.allclose(found.acts, acts)
+    for row, active in zip(acts, found.per_token):
+        assert [f for f, _ in active] == [int(f) for f in row.argsort(descending=True) if row[f] > 0]
+    totals = [t for _, t, _ in found.ranking]
+    assert totals == sorted(totals, reverse=True) and found.ranking[0][0] == int(acts.sum(0).argmax())
+    json.dumps(found.to_dict())
+    with pytest.raises(ValueError, match="empty"):
+        text_features(llama_tiny, dictionary, "  ")
+    with pytest.raises(TypeError, match="decode"):
+        text_features(llama_tiny, dictionary, b"w5")

@@ -123,6 +123,53 @@ def _training_mean(run_dir: str, run: dict, hookpoint: str):
     return activation_stats(store, hookpoint).mean if hookpoint in store.hookpoints else None
 
 
+def _features(args: argparse.Namespace) -> None:
+    import time
+    from pathlib import Path
+
+    from workbench.features import STATS_DIRNAME, FeatureStatsConfig, feature_stats
+    from workbench.pipeline import load_run_sae, run_config
+    from workbench.store import ActivationStore
+    from workbench.train import sae_dir
+
+    folder = Path(args.dir)
+    sae_folder = sae_dir(folder, 0) if (sae_dir(folder, 0) / "cfg.json").exists() else folder
+    sae = load_run_sae(folder).to(args.device)
+    store_path = Path(args.store or run_config(folder).get("store") or folder / "store")
+    if not (store_path / "manifest.json").is_file():
+        raise ValueError(f"no activation store at {store_path}; pass --store STORE (a store of {sae.cfg.hook_name}, "
+                         "e.g. from `workbench capture`)")
+    model = None
+    if args.logits:
+        from workbench.models import load_model
+
+        model = load_model(args.model or sae.cfg.model_name, device=args.device)
+    out = Path(args.out) if args.out else sae_folder / STATS_DIRNAME
+    start = time.perf_counter()
+    stats = feature_stats(sae, ActivationStore.open(store_path), model=model, config=build_dataclass(FeatureStatsConfig, args),
+                          out=out, progress=True)
+    density = stats.density
+    print(json.dumps({"out": str(out), "features": stats.n_features, "tokens": stats.n_tokens,
+                      "dead": int((density == 0).sum()), "median_density": float(density.median()),
+                      "logit_effects": bool(stats.meta.get("has_logits")), "seconds": round(time.perf_counter() - start, 1)}))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from workbench.features import FeatureStats, stats_folder
+
+    stats = FeatureStats.load(stats_folder(args.dir))
+    if args.format == "html":
+        from workbench.site import write_site
+
+        write_site(stats, args.out)
+        print(f"feature browser of {stats.n_features:,} features: open {args.out}/index.html (no server needed)")
+    else:
+        from workbench.neuronpedia import write_neuronpedia
+
+        write_neuronpedia(stats, args.out)
+        print(f"Neuronpedia batches of {stats.n_features:,} features in {args.out}")
+
+
 def _prepare(args: argparse.Namespace) -> None:
     from workbench import corpus
     from workbench.models import load_model
@@ -175,6 +222,26 @@ def parser() -> argparse.ArgumentParser:
                           "zero-ablates BOS too, as SAELens's ce_loss_score (default: workbench)")
     sub.add_argument("--device", default="cpu")
     sub.set_defaults(run=_eval)
+
+    from workbench.features import FeatureStatsConfig
+
+    sub = commands.add_parser("features", help="statistics of every feature of an SAE over a store (saved next to the SAE; resumable)",
+                              description=FeatureStatsConfig.__doc__)
+    sub.add_argument("dir", help="run folder of `workbench train`, or an SAE folder (then pass --store)")
+    sub.add_argument("--store", default=None, help="activation store (default: the run's)")
+    sub.add_argument("--out", default=None, help="where to save (default: SAE_FOLDER/feature_stats)")
+    sub.add_argument("--model", default=None, help="model for logit effects and token strings (default: the SAE's)")
+    sub.add_argument("--logits", action=argparse.BooleanOptionalAction, default=True,
+                     help="load the model for logit effects and token strings (default: yes)")
+    sub.add_argument("--device", default="cpu")
+    add_dataclass_arguments(sub, FeatureStatsConfig)
+    sub.set_defaults(run=_features)
+
+    sub = commands.add_parser("export", help="export feature statistics: a static HTML feature browser, or Neuronpedia's JSON batches")
+    sub.add_argument("format", choices=["html", "neuronpedia"])
+    sub.add_argument("dir", help="run folder, SAE folder or feature_stats folder (after `workbench features`)")
+    sub.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    sub.set_defaults(run=_export)
     return main
 
 

@@ -196,6 +196,8 @@ STATS_VERSION = 1
 STATS_JSON = "feature_stats.json"
 STATS_TENSORS = "feature_stats.safetensors"
 _PARTIAL = "partial"
+STATS_DIRNAME = "feature_stats"
+"""Folder of the statistics inside an SAE folder (``RUN/sae_0/feature_stats``)."""
 _CHUNK_EVENTS = 1 << 22
 
 
@@ -248,37 +250,56 @@ class FeatureStatsConfig:
 
 
 def sample_key(rows: Int[Tensor, " n"], features: Int[Tensor, " n"], seed: int = 0) -> Int[Tensor, " n"]:
-    """A pseudo-random, non-negative int64 per (row, feature): examples with the smallest keys in
-    a bin are its uniform random sample. A pure function, so a brute-force check draws the same."""
+    """A pseudo-random key in [0, 2**31) per (row, feature): the firings with the smallest keys in a
+    bin (ties: the earlier row) are its uniform random sample. A pure function, so a brute-force
+    check draws the same sample."""
     x = rows.long() * -7046029254386353131 + features.long() * -4658895280553007687 + (seed + 1) * 1442695040888963407
     x = x ^ ((x >> 31) & 0x1FFFFFFFF)
     x = x * -7723592293110705685
     x = x ^ ((x >> 29) & 0x7FFFFFFFF)
-    return x & 0x7FFFFFFFFFFFFFFF
+    return (x >> 32) & 0x7FFFFFFF
 
 
-def _keep_best(groups: Tensor, scores: Tensor, payload: Tensor, best_scores: Tensor, best_payload: Tensor,
-               largest: bool) -> tuple[Tensor, Tensor]:
-    """Merge candidates (group, score, payload) into per-group best lists ``best_* [G, k]``.
+def _descending_key(values: Float[Tensor, " n"]) -> Int[Tensor, " n"]:
+    """A key in [0, 2**31) that sorts positive float32 values from largest to smallest."""
+    return 0x7FFFFFFF - values.float().view(torch.int32).long()
 
-    Empty slots hold -inf (largest) or +inf scores. Returns the new best lists, sorted best first.
+
+_EMPTY = 1 << 31  # the key of an empty slot: after every real key
+
+
+def _keep_best(groups: Tensor, keys: Tensor, payload: Tensor, best_keys: Tensor, best_payload: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge candidates into per-group lists of the ``k`` smallest keys, ``best_* [G, k]`` (in place).
+
+    Keys lie in [0, 2**31); empty slots hold ``_EMPTY``. Only the groups with candidates are
+    re-sorted: one int64 sort on (group, key); equal keys keep the earlier entry (the kept ones,
+    then candidates in order). Returns the lists, each sorted by key.
     """
-    n_groups, k = best_scores.shape
-    flat_scores = torch.cat([best_scores.flatten(), scores.to(best_scores.dtype)])
-    flat_groups = torch.cat([torch.arange(n_groups).repeat_interleave(k), groups])
-    flat_payload = torch.cat([best_payload.flatten(), payload])
-    order = torch.sort(flat_scores, descending=largest, stable=True).indices
-    order = order[torch.sort(flat_groups[order], stable=True).indices]
+    n_groups, k = best_keys.shape
+    if len(groups) == 0:
+        return best_keys, best_payload
+    touched = torch.zeros(n_groups, dtype=torch.bool)
+    touched[groups] = True
+    ids = torch.nonzero(touched).flatten()
+    local = torch.full((n_groups,), -1, dtype=torch.int64)
+    local[ids] = torch.arange(len(ids))
+    m = len(ids)
+    flat_keys = torch.cat([best_keys[ids].flatten(), keys])
+    flat_groups = torch.cat([torch.arange(m).repeat_interleave(k), local[groups]])
+    flat_payload = torch.cat([best_payload[ids].flatten(), payload])
+    order = torch.sort((flat_groups << 32) | flat_keys, stable=True).indices
     sorted_groups = flat_groups[order]
-    starts = torch.searchsorted(sorted_groups, torch.arange(n_groups))
+    starts = torch.searchsorted(sorted_groups, torch.arange(m))
     rank = torch.arange(len(order)) - starts[sorted_groups]
     keep = rank < k
-    new_scores = torch.full_like(best_scores, float("-inf") if largest else float("inf"))
-    new_payload = torch.full_like(best_payload, -1)
     slot = sorted_groups[keep] * k + rank[keep]
-    new_scores.view(-1)[slot] = flat_scores[order[keep]]
+    new_keys = torch.full((m, k), _EMPTY, dtype=torch.int64)
+    new_payload = torch.full((m, k), -1, dtype=torch.int64)
+    new_keys.view(-1)[slot] = flat_keys[order[keep]]
     new_payload.view(-1)[slot] = flat_payload[order[keep]]
-    return new_scores, new_payload
+    new_payload[new_keys == _EMPTY] = -1
+    best_keys[ids], best_payload[ids] = new_keys, new_payload
+    return best_keys, best_payload
 
 
 class _Spill:
@@ -435,6 +456,11 @@ class FeatureStats:
             groups.append(examples)
         return groups
 
+    def title(self, feature: int) -> str:
+        """How the feature is named: "feature 7", "neuron 7", "PCA 3", ..."""
+        titles = self.meta.get("titles") or []
+        return titles[feature] if feature < len(titles) else f"feature {feature}"
+
     def card(self, feature: int) -> dict:
         """Everything a feature card shows, as plain JSON types (see the widgets)."""
         f = self._check(feature)
@@ -461,11 +487,9 @@ class FeatureStats:
             label = f"quantile {rank} of {nq}{' (highest)' if rank == 1 else ''}: {q_edges[j]:.3f}-{q_edges[j + 1]:.3f}"
             groups.append({"kind": "quantile", "label": label, "lo": q_edges[j], "hi": q_edges[j + 1],
                            "examples": quantile_groups[j]})
-        kind = self.meta["dictionary"].get("kind", "sae")
-        title = {"sae": "feature", "neurons": "neuron", "pca": "PCA", "ica": "ICA", "random": "random"}.get(kind, kind)
         return {
             "feature": f,
-            "title": f"{title} {f}",
+            "title": self.title(f),
             "dictionary": self.meta["dictionary_label"],
             "explanation": self.explanations.get(f, ""),
             "n_tokens": self.n_tokens,
@@ -552,6 +576,16 @@ class FeatureStats:
         return f"FeatureStats({self.meta['dictionary_label']}, {self.n_tokens:,} tokens)"
 
 
+def stats_folder(path: str | Path) -> Path:
+    """Where the statistics of ``path`` live: a statistics folder itself, an SAE folder's
+    ``feature_stats/``, or a run folder's ``sae_0/feature_stats/``."""
+    path = Path(path)
+    for candidate in (path, path / STATS_DIRNAME, path / "sae_0" / STATS_DIRNAME):
+        if (candidate / STATS_JSON).is_file():
+            return candidate
+    return path / "sae_0" / STATS_DIRNAME if (path / "sae_0").is_dir() else path / STATS_DIRNAME
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     with open(tmp, "w") as f:
@@ -587,6 +621,8 @@ def as_dictionary(dictionary: Any) -> Any:
 
 def _dictionary_label(dictionary: Any) -> str:
     desc = dictionary.describe()
+    if desc.get("label"):
+        return desc["label"]
     kind = desc.get("kind", "sae")
     name = {"sae": f"{desc.get('architecture', '')} SAE".strip(), "neurons": "MLP neurons", "pca": "PCA directions",
             "ica": "ICA directions", "random": "random directions"}.get(kind, kind)
@@ -676,14 +712,22 @@ def feature_stats(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _tally(index: Int[Tensor, " e"], size: int, weights: Tensor | None = None) -> Tensor:
+    """``bincount`` by ``index_add_`` (many times faster on CPU): counts (int64), or sums of ``weights``."""
+    if weights is None:
+        return torch.zeros(size, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
+    return torch.zeros(size, dtype=weights.dtype, device=index.device).index_add_(0, index, weights)
+
+
 def _merge_moments(state: dict[str, Tensor], f: Int[Tensor, " e"], v: Float[Tensor, " e"], n: int) -> None:
     """Add firings (feature ``f``, value ``v``) to the per-feature count, mean and central moment
     sums m2..m4, merging a batch's exact moments by Pebay's pairwise formulas (stable where the
     mean is large against the spread, unlike raw power sums)."""
-    nb = torch.bincount(f, minlength=n).double()
-    mb = torch.bincount(f, weights=v, minlength=n) / nb.clamp_min(1)
+    nb = _tally(f, n, torch.ones_like(v))
+    mb = _tally(f, n, v) / nb.clamp_min(1)
     d = v - mb[f]
-    m2b, m3b, m4b = (torch.bincount(f, weights=d**k, minlength=n) for k in (2, 3, 4))
+    d2 = d * d
+    m2b, m3b, m4b = _tally(f, n, d2), _tally(f, n, d2 * d), _tally(f, n, d2 * d2)
     na, ma, m2a, m3a, m4a = state["fire_count"].double(), state["mean"], state["m2"], state["m3"], state["m4"]
     total = (na + nb).clamp_min(1)
     delta = mb - ma
@@ -705,7 +749,7 @@ def _fresh_state(n: int, cfg: FeatureStatsConfig) -> dict[str, Tensor]:
         "m4": torch.zeros(n, dtype=torch.float64),
         "max": torch.zeros(n, dtype=torch.float32),
         "hist_counts": torch.zeros(n, nb, dtype=torch.int64),
-        "top_score": torch.full((n, cfg.n_top), float("-inf")),
+        "top_key": torch.full((n, cfg.n_top), _EMPTY, dtype=torch.int64),
         "top_packed": torch.full((n, cfg.n_top), -1, dtype=torch.int64),
     }
 
@@ -755,10 +799,11 @@ def _pass_over_store(dictionary: Any, store: ActivationStore, cfg: FeatureStatsC
                 _merge_moments(state, f, v.double(), n)
                 state["max"].scatter_reduce_(0, f, v, "amax")
                 bins = torch.bucketize(v, inner_edges, right=True)
-                state["hist_counts"] += torch.bincount(f * nb + bins, minlength=n * nb).view(n, nb)
-                better = v > state["top_score"][f, -1]
-                state["top_score"], state["top_packed"] = _keep_best(
-                    f[better], v[better], _pack(rows[better], v[better]), state["top_score"], state["top_packed"], largest=True)
+                state["hist_counts"] += _tally(f * nb + bins, n * nb).view(n, nb)
+                key = _descending_key(v)
+                better = key < state["top_key"][f, -1]
+                state["top_key"], state["top_packed"] = _keep_best(
+                    f[better], key[better], _pack(rows[better], v[better]), state["top_key"], state["top_packed"])
                 spill.append(rows, f, v)
                 done += 1
                 bar.update(len(batch))
@@ -779,17 +824,17 @@ def _sample_bins(spill: _Spill, n: int, n_bins: int, per_bin: int, bin_of, seed:
                  counts: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per (feature, bin) the ``per_bin`` firings with the smallest sample keys: a uniform random
     sample without replacement. ``bin_of(features, values)`` gives each firing's bin."""
-    best_key = torch.full((n * n_bins, per_bin), float("inf"), dtype=torch.float64)
+    best_key = torch.full((n * n_bins, per_bin), _EMPTY, dtype=torch.int64)
     best_packed = torch.full((n * n_bins, per_bin), -1, dtype=torch.int64)
     totals = torch.zeros(n * n_bins, dtype=torch.int64) if counts else None
     for rows, feats, vals in spill.chunks():
         groups = feats * n_bins + bin_of(feats, vals)
         if totals is not None:
-            totals += torch.bincount(groups, minlength=n * n_bins)
-        keys = sample_key(rows, feats, seed).double()
+            totals += _tally(groups, n * n_bins)
+        keys = sample_key(rows, feats, seed)
         better = keys < best_key[groups, -1]
         best_key, best_packed = _keep_best(groups[better], keys[better], _pack(rows[better], vals[better]), best_key,
-                                           best_packed, largest=False)
+                                           best_packed)
     return best_key, best_packed, totals
 
 
@@ -813,7 +858,7 @@ def _finish(dictionary: Any, store: ActivationStore, cfg: FeatureStatsConfig, wo
 
     fine = torch.zeros(n * res, dtype=torch.int64)
     for _, feats, vals in spill.chunks():
-        fine += torch.bincount(feats * res + fine_of(feats, vals), minlength=n * res)
+        fine += _tally(feats * res + fine_of(feats, vals), n * res)
     cumulative = fine.view(n, res).cumsum(1)
     targets = state["fire_count"].unsqueeze(1) * torch.arange(1, nq) / nq  # (n, nq-1)
     cut = torch.searchsorted(cumulative.double(), targets.double().contiguous())  # fine bin where each quantile ends
@@ -844,6 +889,7 @@ def _finish(dictionary: Any, store: ActivationStore, cfg: FeatureStatsConfig, wo
         "config": asdict(cfg),
         "fingerprint": fingerprint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "titles": [dictionary.title(i) for i in range(n)] if hasattr(dictionary, "title") else [],
     }
     directions = dictionary.residual_directions(model) if model is not None else None
     if directions is not None:
@@ -915,3 +961,69 @@ def _windows(spill: _Spill, store: ActivationStore, cfg: FeatureStatsConfig, n: 
     out["context_ids"] = context_ids
     out["context_tokens"] = store.context_tokens(context_ids).int() if len(context_ids) else torch.zeros(0, store.ctx_len, dtype=torch.int32)
     return out
+
+
+# ---- which features fire here? -----------------------------------------------------------------
+
+
+@dataclass
+class TextFeatures:
+    """The features of a dictionary on one text, token by token (BOS excluded)."""
+
+    tokens: list[str]
+    """The text's tokens, decoded."""
+    token_ids: list[int]
+    """Their ids."""
+    acts: Float[Tensor, "seq n_features"]
+    """Every feature's activation on every token."""
+    titles: list[str] = field(default_factory=list)
+    """Feature names, if the dictionary has them."""
+
+    @property
+    def per_token(self) -> list[list[tuple[int, float]]]:
+        """Per token, the active features and their activations, strongest first."""
+        out = []
+        for row in self.acts:
+            active = torch.nonzero(row > 0).flatten()
+            order = row[active].argsort(descending=True, stable=True)
+            out.append([(int(f), float(row[f])) for f in active[order]])
+        return out
+
+    @property
+    def ranking(self) -> list[tuple[int, float, int]]:
+        """Features active anywhere in the text: (feature, total activation, tokens active), by total."""
+        total = self.acts.clamp_min(0).sum(0)
+        count = (self.acts > 0).sum(0)
+        active = torch.nonzero(count).flatten()
+        order = total[active].argsort(descending=True, stable=True)
+        return [(int(f), float(total[f]), int(count[f])) for f in active[order]]
+
+    def values(self, feature: int) -> list[float]:
+        """One feature's activation on each token (for a heatmap)."""
+        return [float(v) for v in self.acts[:, feature]]
+
+    def to_dict(self, *, max_per_token: int = 32) -> dict:
+        """Plain JSON: tokens, the active features per token (at most ``max_per_token``), the ranking."""
+        return {"tokens": self.tokens, "per_token": [[[f, a] for f, a in fs[:max_per_token]] for fs in self.per_token],
+                "ranking": [[f, t, n] for f, t, n in self.ranking], "titles": self.titles}
+
+
+@torch.no_grad()
+def text_features(model: Any, dictionary: Any, text: str, *, max_tokens: int = 1024) -> TextFeatures:
+    """Which features fire on ``text``: the model reads it (BOS first, as the store's contexts
+    start), the dictionary encodes its activations at the dictionary's hook point."""
+    from workbench.capture import run_to
+
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}; decode bytes first, e.g. data.decode('utf-8')")
+    if not text.strip():
+        raise ValueError("text is empty; give a sentence to look at")
+    dictionary = as_dictionary(dictionary)
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) > max_tokens:
+        raise ValueError(f"text is {len(ids)} tokens long; at most {max_tokens} (max_tokens) are read at once, split it")
+    input_ids = torch.tensor([[model.bos_token_id, *ids]])
+    acts = run_to(model, [dictionary.hookpoint], input_ids)[dictionary.hookpoint][0, 1:]
+    encoded = dictionary.encode(acts.float()).float().cpu()
+    titles = [dictionary.title(i) for i in range(dictionary.n_features)] if hasattr(dictionary, "title") else []
+    return TextFeatures([model.tokenizer.decode([i]) for i in ids], list(ids), encoded, titles)
