@@ -7,13 +7,25 @@ a static `text/html` rendering in its display data, so an executed notebook and 
 
 - `heatmap`: `TokenHeatmap` (one token sequence coloured by value) and `FeatureContexts`
   (several rows on one scale, e.g. a feature's top-activating contexts).
+- `card`: `FeatureCard`, one feature's statistics, histograms, logit effects and example
+  groups, drawn from a CARD dict (`FeatureStats.card(i)`).
+- `browser`: `FeatureBrowser`, a searchable, sortable list of features with the selected
+  one's card, and "which features fire here" on a text (`show_text`).
+
+Python draws each widget's markup; its ES module only adds behaviour (hover, clicks, swapping
+in new markup when Python redraws). `workbench.site.write_site` writes the same list and cards
+as a static site.
 
 Example::
 
     TokenHeatmap(tokens=["The", " cat", " sat"], values=[0.0, 2.5, 1.0], title="feature 7")
     FeatureContexts.from_lists(top_tokens, top_values, labels=[f"doc {d}" for d in docs])
+    FeatureCard.from_stats(stats, 1767)
+    FeatureBrowser(stats, selected=1767)
 """
 
+from workbench.widgets.browser import FeatureBrowser
+from workbench.widgets.card import FeatureCard
 from workbench.widgets.heatmap import FeatureContexts, TokenHeatmap
 
-__all__ = ["FeatureContexts", "TokenHeatmap"]
+__all__ = ["FeatureBrowser", "FeatureCard", "FeatureContexts", "TokenHeatmap"]
