@@ -164,6 +164,24 @@ def quickstart(tmp_path_factory) -> ExecutedNotebook:
     return ExecutedNotebook(folder / "01_quickstart.ipynb", json.loads(results.read_text()))
 
 
+FEATURES_SMALL = dict(train_tokens=3000, ctx_len=64, d_sae=256, k=8, epochs=2, n_top=5, n_intervals=3, per_interval=2,
+                      n_quantiles=3, per_quantile=1, n_cards=2, compare_tokens=1024)
+"""Parameters that run notebooks/02_features.ipynb (training its own small SAE) in under a minute on CPU."""
+
+
+@pytest.fixture(scope="session")
+def features_notebook(tmp_path_factory) -> ExecutedNotebook:
+    """notebooks/02_features.ipynb executed once per session with :data:`FEATURES_SMALL`."""
+    from workbench.report import execute_notebook
+
+    folder = tmp_path_factory.mktemp("features")
+    results = folder / "results.json"
+    execute_notebook(NOTEBOOKS / "02_features.ipynb", folder / "02_features.ipynb",
+                     {"run_dir": str(folder / "run"), "out_dir": str(folder / "out"), "results_path": str(results),
+                      **FEATURES_SMALL}, cwd=folder)
+    return ExecutedNotebook(folder / "02_features.ipynb", json.loads(results.read_text()))
+
+
 # ---- headless Chromium for tests/browser: skipped where missing, except in CI (CI set), where they
 # fail, since .ci/run installs Chromium from the Debian packages and a skip would hide a broken set-up.
 

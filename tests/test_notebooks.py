@@ -89,3 +89,41 @@ def test_quickstart_executed_copy_reads_as_a_report(quickstart):
     assert len(widgets) == len(heatmaps)  # every widget output is a heatmap with its static twin
     assert "widgets" not in json.loads(executed)["metadata"]  # ... static in the export
     assert "zero-ablating the MLP" in executed
+
+
+@pytest.mark.slow
+def test_features_notebook_reports_cards_sentence_and_baselines(features_notebook):
+    results = features_notebook.results
+    stats = results["stats"]
+    assert stats["n_features"] == 256 and stats["n_tokens"] == results["sae"]["store_rows"] == 48 * 63
+    assert sum(results["density_histogram"]["counts"]) == 256 - stats["dead"]
+    assert len(results["cards"]) == 2
+    densities = [card["density"] for card in results["cards"].values()]
+    assert densities[0] < densities[1]  # spread out: rare first, common last
+    for card in results["cards"].values():
+        tops = card["top_activations"]
+        assert 0 < len(tops) <= 5 and tops == sorted(tops, reverse=True) and tops[0] == pytest.approx(card["max"])
+        assert len(card["top_logits"]) == 10
+        assert sum(fraction for _, _, fraction, _ in card["intervals"]) == pytest.approx(1.0)
+    sentence = results["sentence"]
+    assert sentence["n_tokens"] == len(sentence["active_per_token"]) and set(sentence["active_per_token"]) == {8}  # k = 8
+    totals = [total for _, total, _ in sentence["ranking"]]
+    assert totals == sorted(totals, reverse=True)
+    assert results["browser"]["selected"] == sentence["ranking"][0][0]
+    compare = results["compare"]
+    assert compare["tokens"] > 0 and 0 <= compare["neuron"] < 1536 and 0 <= compare["pca_component"] < 576
+    assert -1 <= compare["neuron_cosine"] <= 1 and -1 <= compare["pca_cosine"] <= 1
+    assert set(compare["cards"]) == {"sae", "neuron", "pca"}
+
+
+@pytest.mark.slow
+def test_features_notebook_executed_copy_reads_as_a_report(features_notebook):
+    executed = features_notebook.path.read_text()
+    assert len(executed) < 1_000_000, f"the executed notebook is {len(executed):,} bytes"
+    found = outputs(features_notebook.path)
+    charts = [plain_text(o) for o in found if "image/svg+xml" in o.get("data", {})]
+    assert len(charts) == 1 and charts[0].startswith("Chart('Feature density")
+    cards = [o for o in found if 'class="wf-card"' in "".join(o.get("data", {}).get("text/html", ""))]
+    assert len(cards) == 2 + 1 + 3  # the cards at spread-out densities, the browser's selected card, sae/neuron/pca
+    assert all(WIDGET_VIEW in o["data"] for o in cards)  # live in a kernel, static HTML in the export
+    assert "widgets" not in json.loads(executed)["metadata"]
