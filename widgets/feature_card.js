@@ -19,19 +19,28 @@ export function binAt(edges, log, frac) {
   return i;
 }
 
+/** A histogram's bin edges from its SVG's data: `e` (every edge) or `lo`, `hi` (equal bins). */
+export function histogramEdges(data, n) {
+  if (data.e) return data.e.split(" ").map(Number);
+  const lo = Number(data.lo);
+  const hi = Number(data.hi);
+  const log = data.log === "1";
+  return Array.from({ length: n + 1 }, (_, i) => (log ? lo * Math.pow(hi / lo, i / n) : lo + ((hi - lo) * i) / n));
+}
+
 function short(v) {
   return String(Number(v.toPrecision(3)));
 }
 
 function readOut(svg, event) {
-  const edges = svg.dataset.e.split(" ").map(Number);
   const counts = svg.dataset.c.split(" ").map(Number);
+  const edges = histogramEdges(svg.dataset, counts.length);
   const box = svg.getBoundingClientRect();
   const i = binAt(edges, svg.dataset.log === "1", (event.clientX - box.left) / box.width);
-  const unit = svg.dataset.unit || "";
+  const n = counts[i];
   return {
     x: event.clientX - box.left,
-    text: `${short(edges[i])} – ${short(edges[i + 1])}: ${counts[i].toLocaleString("en-US")} ${unit}`,
+    text: `${short(edges[i])} – ${short(edges[i + 1])}: ${n.toLocaleString("en-US")} token${n === 1 ? "" : "s"}`,
   };
 }
 

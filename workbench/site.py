@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ TERMINAL = 57
 MARKER = "workbench-site.json"
 """The file that marks a folder as a site write_site wrote (and may replace)."""
 FORMAT = 1
+SIZE_WARNING = 50_000_000
+"""write_site warns above this many bytes."""
 
 
 class SiteSource(Protocol):
@@ -223,7 +226,7 @@ def write_site(stats: SiteSource, out_dir: str | Path, *, chunk: int = 64, title
         index = {
             "format": FORMAT, "title": title, "chunk": chunk, "digits": digits, "alphabet": ALPHABET,
             "terminal": TERMINAL, "color": DEFAULT_COLOR, "sort_keys": list(SORT_KEYS), "headings": headings,
-            "rows": [[r["feature"], *(r[k] for k in SORT_KEYS[1:]), haystack(r)] for r in rows],
+            "rows": [[r["feature"], *(float(f"{r[k]:.6g}") for k in SORT_KEYS[1:]), haystack(r)] for r in rows],
             "html": [row_html(r) for r in rows],
         }
         (tmp / "data" / "index.js").write_text(_script("index", index), encoding="utf-8")
@@ -254,6 +257,10 @@ def write_site(stats: SiteSource, out_dir: str | Path, *, chunk: int = 64, title
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if summary["bytes"] > SIZE_WARNING:
+        warnings.warn(f"the site in {out} is {summary['bytes'] / 1e6:.0f} MB, more than a browser opens quickly from "
+                      f"disk ({SIZE_WARNING / 1e6:.0f} MB); fewer examples per group or a narrower window around "
+                      "each example (feature_stats) make it smaller", stacklevel=2)
     return out
 
 

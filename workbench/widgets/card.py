@@ -319,7 +319,7 @@ def _uniform(edges: list[float], log: bool) -> bool:
     return all(abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1e-12) for a, b in zip(edges, expect))
 
 
-def _histogram_html(hist: dict, *, log: bool, split: float | None, color: str, unit: str, inline: bool) -> str:
+def _histogram_html(hist: dict, *, log: bool, split: float | None, color: str, inline: bool) -> str:
     """A histogram as an SVG step area (one path per colour; with `split`, bins below it red
     and above it blue) with HTML axis labels below.
 
@@ -355,7 +355,7 @@ def _histogram_html(hist: dict, *, log: bool, split: float | None, color: str, u
     data = _attrs(inline, "wf-svg",
                   data_lo=f"{lo:.8g}" if uniform else None, data_hi=f"{hi:.8g}" if uniform else None,
                   data_e=None if uniform else " ".join(f"{e:.5g}" for e in edges),
-                  data_c=" ".join(map(str, counts)), data_log="1" if log else None, data_unit=unit)
+                  data_c=" ".join(map(str, counts)), data_log="1" if log else None)
     svg = f'<svg{data} viewBox="0 0 {_HIST_W} {_HIST_H}" preserveAspectRatio="none">{"".join(paths)}</svg>'
 
     def tick(v: float) -> str:
@@ -385,7 +385,7 @@ def _logits_html(logits: dict | None, inline: bool) -> str:
         return _tag("div", _tag("div", title, inline, rule=".wf-logits > div > div") + cells, inline, cls,
                     rule=".wf-logits > div")
 
-    hist = _histogram_html(logits["histogram"], log=False, split=0.0, color="", unit="vocabulary tokens", inline=inline)
+    hist = _histogram_html(logits["histogram"], log=False, split=0.0, color="", inline=inline)
     tables = _tag("div", column("promoted", logits["top"], "wf-pos") + column("suppressed", logits["bottom"], "wf-neg"),
                   inline, "wf-logits")
     method = logits.get("method") or ""
@@ -452,7 +452,7 @@ def card_html(card: dict, *, inline: bool = True, color: str = DEFAULT_COLOR, pa
     )), inline, "wf-stats")
     side = (
         section("Activations", "when firing, log scale")
-        + _histogram_html(card["histogram"], log=True, split=None, color=color, unit="tokens", inline=inline)
+        + _histogram_html(card["histogram"], log=True, split=None, color=color, inline=inline)
         + section("Logit effects", "direct path")
         + _logits_html(card["logits"], inline)
     )
@@ -536,9 +536,8 @@ class FeatureCard(anywidget.AnyWidget):
 
     card = t.Dict(help="The CARD dict drawn (workbench.features.FeatureStats.card); checked on assignment.")
     color = t.Unicode(DEFAULT_COLOR, help="Token colour as '#rrggbb': each token at opacity value / largest value.")
-    card_html = t.Unicode(help="The card's markup (card_html(card)), set from `card`; the front end shows it.").tag(
-        sync=True
-    )
+    card_html = t.Unicode(help="The card's markup (card_html(card, inline=False)), set from `card`; the front "
+                          "end shows it with widgets/feature_card.css.").tag(sync=True)
 
     def __init__(self, card: dict | None = None, **kwargs: Any) -> None:
         if card is None and "card" not in kwargs:
@@ -565,11 +564,11 @@ class FeatureCard(anywidget.AnyWidget):
 
     @t.observe("card", "color")
     def _draw(self, change: t.Bunch | None = None) -> None:
-        self.card_html = card_html(self.card, color=self.color)
+        self.card_html = card_html(self.card, inline=False, color=self.color)
 
     def to_html(self) -> str:
         """The card as self-contained HTML (inline styles, escaped text, no JavaScript)."""
-        return self.card_html
+        return card_html(self.card, inline=True, color=self.color)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict, dict] | None:
         bundle = super()._repr_mimebundle_(**kwargs)
