@@ -186,6 +186,22 @@ def test_neuron_alignment_from_a_decoder(tmp_path):
         write_neuronpedia(FakeStats(), tmp_path / "np2", decoder=torch.zeros(4, 4))
 
 
+def test_decoder_norms_are_folded_as_saedashboard_does(tmp_path):
+    decoder = torch.zeros(5, 4)
+    decoder[:, 0] = 2.0  # every row has norm 2: activations x2, logit effects / 2
+    write_neuronpedia(FakeStats(), tmp_path / "np", decoder=decoder)
+    write_neuronpedia(FakeStats(), tmp_path / "raw", decoder=decoder, fold_decoder_norms=False)
+    folded, raw = _read(tmp_path / "np")[0]["features"][1], _read(tmp_path / "raw")[0]["features"][1]
+    assert raw["pos_values"][0] == 1.0 and folded["pos_values"][0] == 0.5
+    assert raw["freq_hist_data_bar_values"] == [0.3, 1.25, 3.5] and folded["freq_hist_data_bar_values"] == [0.6, 2.5, 7.0]
+    assert folded["logits_hist_data_bar_values"] == [-0.25, 0.25]
+    assert [(a["bin_min"], a["bin_max"]) for a in folded["activations"]] == [(-1, 8.5), (-1, 8.5), (3.25, 8.5), (0.0, 3.25)]
+    assert folded["activations"][0]["values"] == [0.0, 4.25, 8.5, 0.0]
+    assert folded["frac_nonzero"] == raw["frac_nonzero"] and folded["freq_hist_data_bar_heights"] == raw["freq_hist_data_bar_heights"]
+    with pytest.raises(ValueError, match="all-zero rows"):
+        write_neuronpedia(FakeStats(), tmp_path / "zero", decoder=torch.zeros(5, 4))
+
+
 def test_a_subset_is_recorded_as_skipped(tmp_path):
     write_neuronpedia(FakeStats(), tmp_path / "np", features=[1, 3])
     assert [f["feature_index"] for f in _read(tmp_path / "np")[0]["features"]] == [1, 3]

@@ -124,6 +124,13 @@ SAEDashboard export), filled from each card:
 - Correlated neurons and correlated features are not computed: they get ``[]``, the defaults
   SAEDashboard's ``NeuronpediaDashboardFeature`` writes when a feature has no table data.
   Neuron alignment is computed when ``decoder`` (an SAE's ``W_dec``) is given, else ``[]`` too.
+- Units: SAEDashboard folds the decoder norms into the encoder first (``fold_W_dec_norm``), so
+  its activations are ``f * ||W_dec_f||`` and its logit effects are those of the unit-norm row.
+  With ``decoder`` given, the export does the same (activation values, bin bounds and histogram
+  centres times the row norm; logit values and their histogram divided by it), so the numbers
+  match an SAEDashboard export of the same SAE (``bench/saedashboard_compare.py``); without it,
+  or with ``fold_decoder_norms=False``, they are the card's. A workbench TopK SAE's rows all have
+  one norm, its input scale (e.g. 1.6): not folding leaves its numbers that factor apart.
 - ``decoder_weights_dist`` and ``vector`` are ``[]``, and every activation carries
   ``dfa_values=[]``, ``dfa_maxValue=0``, ``dfa_targetIndex=-1``: SAEDashboard 0.8.0's values for a
   non-DFA SAE.
@@ -175,6 +182,7 @@ def write_neuronpedia(
     n_prompts_total: int | None = None,
     n_tokens_in_prompt: int | None = None,
     decoder: Float[Tensor, "n_features d_in"] | None = None,
+    fold_decoder_norms: bool = True,
     features: Iterable[int] | None = None,
 ) -> list[Path]:
     """Write ``stats`` as SAEDashboard's Neuronpedia batch files into the folder ``out_dir``.
@@ -193,7 +201,9 @@ def write_neuronpedia(
             (Neuronpedia's importer takes these two from its command line, not from the files).
         n_tokens_in_prompt: Tokens per prompt; default ``stats.meta["ctx_len"]``, else 0.
         decoder: The dictionary's decoder rows in the hook point's basis (an SAE's ``W_dec``),
-            for the neuron-alignment table; None leaves that table empty.
+            for the neuron-alignment table and SAEDashboard's units; None leaves that table empty.
+        fold_decoder_norms: With ``decoder``, write activations times each row's norm and logit
+            effects divided by it, as SAEDashboard does after ``fold_W_dec_norm``.
         features: Which features to export (default all), in batches of ``batch_size``.
 
     Returns:
@@ -222,6 +232,13 @@ def write_neuronpedia(
     n_tokens_in_prompt = n_tokens_in_prompt if n_tokens_in_prompt is not None else int(_meta_value(meta, "ctx_len") or 0)
 
     alignment = _neuron_alignment(decoder) if decoder is not None else None
+    if decoder is not None and fold_decoder_norms:
+        norms = decoder.detach().to("cpu", torch.float64).norm(dim=1)
+        if not bool((norms > 0).all()):
+            raise ValueError("the decoder has all-zero rows, whose norms cannot be folded: pass fold_decoder_norms=False")
+        scales = norms.tolist()
+    else:
+        scales = [1.0] * n
     header = {"model_id": str(model_id), "layer": layer, "sae_set": sae_set, "sae_id_suffix": sae_id_suffix}
     per_feature = {"n_prompts_total": n_prompts_total, "n_tokens_in_prompt": n_tokens_in_prompt, "dataset": dataset}
 
@@ -234,7 +251,7 @@ def write_neuronpedia(
         names = []
         for i, first in enumerate(range(0, len(indices), batch_size)):
             batch = [
-                _feature_dict(stats.card(f), f, per_feature, None if alignment is None else alignment[f])
+                _feature_dict(stats.card(f), f, per_feature, None if alignment is None else alignment[f], scales[f])
                 for f in indices[first : first + batch_size]
             ]
             name = f"batch-{i}.json"
@@ -258,15 +275,17 @@ def write_neuronpedia(
 
 
 # ---- one feature ------------------------------------------------------------------------------
-def _feature_dict(card: dict, index: int, per_feature: dict, alignment: tuple[list, list, list] | None) -> dict:
-    """A card as SAEDashboard's ``NeuronpediaDashboardFeature.to_dict`` (same keys, same order)."""
+def _feature_dict(card: dict, index: int, per_feature: dict, alignment: tuple[list, list, list] | None,
+                  scale: float = 1.0) -> dict:
+    """A card as SAEDashboard's ``NeuronpediaDashboardFeature.to_dict`` (same keys, same order);
+    activations are multiplied by ``scale`` and logit effects divided by it."""
     if int(card.get("feature", index)) != index:
         raise ValueError(f"stats.card({index}) returned the card of feature {card.get('feature')}")
     logits = card.get("logits")
     top = logits["top"] if logits else []
     bottom = logits["bottom"] if logits else []
-    act_values, act_heights = _bars(card.get("histogram"))
-    logit_values, logit_heights = _bars(logits.get("histogram") if logits else None)
+    act_values, act_heights = _bars(card.get("histogram"), scale)
+    logit_values, logit_heights = _bars(logits.get("histogram") if logits else None, 1 / scale)
     align_idx, align_val, align_l1 = alignment if alignment is not None else ([], [], [])
     return {
         "feature_index": index,
@@ -280,9 +299,9 @@ def _feature_dict(card: dict, index: int, per_feature: dict, alignment: tuple[li
         "correlated_features_l1": [],
         "correlated_features_pearson": [],
         "neg_str": [str(entry["token"]) for entry in bottom],
-        "neg_values": _round3(entry["value"] for entry in bottom),
+        "neg_values": _round3(entry["value"] / scale for entry in bottom),
         "pos_str": [str(entry["token"]) for entry in top],
-        "pos_values": _round3(entry["value"] for entry in top),
+        "pos_values": _round3(entry["value"] / scale for entry in top),
         "frac_nonzero": float(card["density"]),
         "freq_hist_data_bar_values": act_values,
         "freq_hist_data_bar_heights": act_heights,
@@ -292,20 +311,21 @@ def _feature_dict(card: dict, index: int, per_feature: dict, alignment: tuple[li
         "n_tokens_in_prompt": per_feature["n_tokens_in_prompt"],
         "dataset": per_feature["dataset"],
         "decoder_weights_dist": [],
-        "activations": _activations(card),
+        "activations": _activations(card, scale),
         "vector": [],
     }
 
 
-def _activations(card: dict) -> list[dict]:
-    """The card's top and interval groups as ``NeuronpediaDashboardActivation.to_dict`` entries."""
+def _activations(card: dict, scale: float = 1.0) -> list[dict]:
+    """The card's top and interval groups as ``NeuronpediaDashboardActivation.to_dict`` entries,
+    activation values multiplied by ``scale``."""
     out = []
     for group in card.get("groups", []):
         kind = group.get("kind")
         if kind == "top":
-            bins = (-1, _r3(card["max"]), -1)  # SAEDashboard: bin_min=-1, bin_max=MAX, bin_contains=-1
+            bins = (-1, _r3(card["max"] * scale), -1)  # SAEDashboard: bin_min=-1, bin_max=MAX, bin_contains=-1
         elif kind == "interval":
-            bins = (_r3(group["lo"]), _r3(group["hi"]), float(group["fraction"]))
+            bins = (_r3(group["lo"] * scale), _r3(group["hi"] * scale), float(group["fraction"]))
         else:  # quantile groups: no SAEDashboard counterpart
             continue
         for example in group.get("examples", []):
@@ -316,7 +336,7 @@ def _activations(card: dict) -> list[dict]:
                 "bin_max": bins[1],
                 "bin_contains": bins[2],
                 "tokens": [str(t) for t in example["tokens"]],
-                "values": _round3(example["values"]),
+                "values": _round3(v * scale for v in example["values"]),
                 "qualifying_token_index": int(example["focus"]),
                 "dfa_values": [],  # SAEDashboard 0.8.0 without DFA: [], 0, -1
                 "dfa_maxValue": 0,
@@ -325,15 +345,15 @@ def _activations(card: dict) -> list[dict]:
     return out
 
 
-def _bars(histogram: dict | None) -> tuple[list[float], list[int]]:
-    """Bin centres and counts of a card histogram ``{"edges": [n+1], "counts": [n]}``."""
+def _bars(histogram: dict | None, scale: float = 1.0) -> tuple[list[float], list[int]]:
+    """Bin centres (times ``scale``) and counts of a card histogram ``{"edges": [n+1], "counts": [n]}``."""
     if not histogram or not histogram.get("counts"):
         return [], []
     edges = [float(e) for e in histogram["edges"]]
     counts = [int(c) for c in histogram["counts"]]
     if len(edges) != len(counts) + 1:
         raise ValueError(f"a histogram needs one more edge than counts, got {len(edges)} edges and {len(counts)} counts")
-    return [_r3((lo + hi) / 2) for lo, hi in zip(edges[:-1], edges[1:])], counts
+    return [_r3((lo + hi) / 2 * scale) for lo, hi in zip(edges[:-1], edges[1:])], counts
 
 
 def _neuron_alignment(decoder: Tensor) -> list[tuple[list[int], list[float], list[float]]]:
