@@ -190,7 +190,7 @@ function drawList(state) {
   const empty = '<div class="wf-empty" style="padding: 6px 10px">no feature matches</div>';
   const heading = site.index.headings[`${state.sortBy}:${state.desc ? 1 : 0}`];
   const pager = pagerHtml(page, pages, page * PAGE_SIZE + 1, page * PAGE_SIZE + shown.length, positions.length, site.index.rows.length);
-  list.dataset.sort = state.sortBy;
+  list.dataset.sorted = state.sortBy;
   list.innerHTML = `<div class="wf-table">${heading}<div class="wf-rows">${rows || empty}</div>${pager}</div>`;
   list.querySelector(".wf-sel")?.scrollIntoView({ block: "nearest" });
   const count = document.querySelector(".wf-find span");

@@ -161,7 +161,7 @@ _PAGE = """<!doctype html>
     <header><h1>{title}</h1><p>{subtitle}</p></header>
     <div class="wf-find"><input type="search" placeholder="Search: feature id, token or explanation"
       spellcheck="false" aria-label="search features" autofocus><span></span></div>
-    <div class="wf-list" data-sort="feature"><div class="wf-empty">Loading the list…</div></div>
+    <div class="wf-list" data-sorted="feature"><div class="wf-empty">Loading the list…</div></div>
   </aside>
   <main class="wf-view"><div class="wf-empty">Pick a feature from the list.</div></main>
 </div>
