@@ -503,10 +503,10 @@ def bundle_js(entry: str, *, classic: bool = False) -> str:
         text = (FRONTEND / f"{name}.js").read_text(encoding="utf-8")
         text = _IMPORT.sub(lambda m: f"const {{{m[1]}}} = {scope(m[2])};\n", text)
         exported = _EXPORT.findall(text)
-        text = re.sub(r"^export (?!default)", "", text, flags=re.M)
         if name == root:
-            parts.append(_DEFAULT.sub("", text) if classic else text)
+            parts.append(re.sub(r"^export ", "", _DEFAULT.sub("", text), flags=re.M) if classic else text)
         else:
+            text = re.sub(r"^export (?!default)", "", text, flags=re.M)
             body = _DEFAULT.sub("", text)
             parts.append(f"const {scope(name)} = (() => {{\n{body}\nreturn {{ {', '.join(exported)} }};\n}})();\n")
     script = "\n".join(parts)
