@@ -245,6 +245,38 @@ def test_missing_metadata_gives_clear_errors(tmp_path):
         write_neuronpedia(FakeStats(), tmp_path / "d", batch_size=0)
 
 
+def test_real_feature_stats_export(tmp_path, llama_tiny):
+    """Cards from feature_stats on a tiny model, not hand-made ones, give valid batches."""
+    from workbench.capture import capture
+    from workbench.dictionaries import SAEDictionary
+    from workbench.features import FeatureStatsConfig, feature_stats
+    from workbench.sae import SAE, SAEConfig
+
+    contexts = torch.randint(3, 60, (16, 12), generator=torch.Generator().manual_seed(5))
+    contexts[:, 0] = 0
+    hookpoint = "blocks.1.hook_mlp_out"
+    store = capture(llama_tiny, [hookpoint], contexts, tmp_path / "s", batch_size=4, contexts_per_shard=8, progress=False)
+    sae = SAE.from_config(SAEConfig("relu", d_in=32, d_sae=10, hook_name=hookpoint))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.5)
+    stats = feature_stats(SAEDictionary(sae), store, model=llama_tiny, progress=False,
+                          config=FeatureStatsConfig(n_top=4, n_intervals=3, per_interval=2, before=3, after=2))
+    write_neuronpedia(stats, tmp_path / "np", model_id="tiny-llama", batch_size=4, decoder=sae.W_dec)
+    batches = _read(tmp_path / "np")
+    assert [len(b["features"]) for b in batches] == [4, 4, 2] and batches[0]["layer"] == 1
+    for batch in batches:
+        check_batch(batch)
+    live = [f for b in batches for f in b["features"] if f["frac_nonzero"] > 0]
+    assert live and all(f["activations"] and len(f["pos_str"]) == 10 for f in live)
+    norms = sae.W_dec.detach().norm(dim=1)
+    for f in live:
+        card = stats.card(f["feature_index"])
+        assert f["frac_nonzero"] == card["density"]
+        assert f["activations"][0]["bin_max"] == pytest.approx(card["max"] * float(norms[f["feature_index"]]), abs=1e-3)
+        first = f["activations"][0]
+        assert first["values"][first["qualifying_token_index"]] == pytest.approx(first["bin_max"], abs=2e-3)
+
+
 def test_round_trips_through_sae_dashboards_dataclasses(tmp_path):
     dashboard = pytest.importorskip("sae_dashboard.neuronpedia.neuronpedia_dashboard")
     write_neuronpedia(FakeStats(), tmp_path / "np", decoder=torch.randn(5, 8))
@@ -252,6 +284,7 @@ def test_round_trips_through_sae_dashboards_dataclasses(tmp_path):
         assert dashboard.NeuronpediaDashboardBatch(**batch).to_dict() == batch
 
 
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # inside eindex, SAEDashboard's dependency
 def test_matches_a_real_saedashboard_export(tmp_path):
     """Run SAEDashboard's SaeVisRunner and NeuronpediaConverter on a tiny random model and SAE,
     and check that the hard-coded reference above is what it writes."""
