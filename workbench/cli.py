@@ -157,7 +157,8 @@ def _features(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from workbench.features import FeatureStats, stats_folder
 
-    stats = FeatureStats.load(stats_folder(args.dir))
+    folder = stats_folder(args.dir)
+    stats = FeatureStats.load(folder)
     if args.format == "html":
         from workbench.site import write_site
 
@@ -166,7 +167,12 @@ def _export(args: argparse.Namespace) -> None:
     else:
         from workbench.neuronpedia import write_neuronpedia
 
-        write_neuronpedia(stats, args.out)
+        decoder = None
+        if (folder.parent / "cfg.json").is_file():  # statistics saved next to their SAE: its decoder
+            from workbench.sae import SAE   # gives SAEDashboard's unit-norm scale and neuron alignment
+
+            decoder = SAE.load(folder.parent).W_dec.detach()
+        write_neuronpedia(stats, args.out, decoder=decoder)
         print(f"Neuronpedia batches of {stats.n_features:,} features in {args.out}")
 
 
