@@ -246,8 +246,16 @@ async function show(feature) {
   document.title = `${view.querySelector(".wf-head b")?.textContent ?? feature} · ${site.index.title}`;
 }
 
+let first = true;
+
 function draw() {
-  const state = readState();
+  let state = readState();
+  if (first && state.selected >= 0 && !/[#&]p=/.test(location.hash)) {
+    // A link to a feature opens the list at the page that holds it.
+    const at = ordered(matching(state.query), state.sortBy, state.desc).indexOf(site.position.get(state.selected));
+    if (at >= 0) state = { ...state, page: Math.floor(at / PAGE_SIZE) };
+  }
+  first = false;
   drawList(state);
   if (state.selected !== site.shown) show(state.selected);
 }

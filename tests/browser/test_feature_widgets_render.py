@@ -266,3 +266,69 @@ def test_browser_swaps_markup_and_cleans_up(rendered):
     assert rendered["textAfter"] == 0 and rendered["count"] == "3 match"
     before, after = rendered["listeners"]
     assert before > 0 and after == 0
+
+
+# --- the static fallback in an nbconvert export ---------------------------------------------
+
+MEASURE = """
+<pre id="wf-measure">pending</pre>
+<script>
+window.addEventListener("load", () => {
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top + scrollY, r.width, r.height].map(Math.round); };
+  const cards = [...document.querySelectorAll(".wf-card")].map((card) => ({
+    box: box(card),
+    body: getComputedStyle(card.querySelector(".wf-body")).display,
+    side: box(card.querySelector(".wf-side")),
+    main: box(card.querySelector(".wf-main")),
+    svgs: [...card.querySelectorAll("svg")].map(box),
+    focus: getComputedStyle(card.querySelector(".wf-focus")).outlineStyle,
+    hot: getComputedStyle(card.querySelector(".wf-focus")).backgroundColor,
+  }));
+  const rows = [...document.querySelectorAll(".wf-rows .wf-row")].map((r) => box(r)[3]);
+  document.getElementById("wf-measure").textContent = JSON.stringify({ cards, rows,
+    ours: [...document.styleSheets].some((s) => { try { return [...s.cssRules].some((r) => r.cssText.includes(".wf-")); } catch { return false; } }) });
+});
+</script>
+"""
+
+
+def test_static_fallback_renders_in_an_nbconvert_export(chromium, tmp_path):
+    """The text/html of FeatureCard and FeatureBrowser, exported by plain nbconvert (no widget
+    state, none of our CSS or JavaScript), lays out as the live widget does: two columns,
+    histograms drawn, the focus token outlined and coloured, list rows one line each."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    from PIL import Image
+
+    stats = SyntheticStats(8)
+    nb = nbformat.v4.new_notebook()
+    for widget in (FeatureCard(stats.card(3)), FeatureBrowser(stats, selected=5, page_size=5)):
+        data, metadata = widget._repr_mimebundle_()
+        cell = nbformat.v4.new_code_cell("widget")
+        cell.outputs = [nbformat.v4.new_output("display_data", data=data, metadata=metadata)]
+        nb.cells.append(cell)
+        widget.close()
+    exported, _ = HTMLExporter().from_notebook_node(nb)
+    assert exported.count('<div class="wf-card"') == 2 and "feature_card.js" not in exported
+    page = tmp_path / "export.html"
+    page.write_text(exported.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    run = chromium.run(tmp_path / "profile", "--window-size=1200,1000", "--virtual-time-budget=10000",
+                       "--dump-dom", page.as_uri())
+    found = re.search(r'<pre id="wf-measure">(.*?)</pre>', run.stdout, re.S)
+    assert found and found.group(1) != "pending", run.stderr[-3000:]
+    measured = json.loads(html.unescape(found.group(1)))
+    assert not measured["ours"]  # nothing but inline styles
+    assert len(measured["cards"]) == 2 and measured["rows"] == [measured["rows"][0]] * 5
+    assert 20 < measured["rows"][0] < 32
+    for card in measured["cards"]:
+        assert card["body"] == "flex" and card["box"][2] > 800
+        assert card["main"][0] > card["side"][0] + 250  # side by side
+        assert len(card["svgs"]) == 2 and all(w > 200 and 56 <= h <= 58 for _, _, w, h in card["svgs"])
+        assert card["focus"] == "solid" and card["hot"].startswith("rgb")
+
+    shot = tmp_path / "export.png"
+    chromium.run(tmp_path / "profile", "--window-size=1200,3000", "--virtual-time-budget=10000",
+                 f"--screenshot={shot}", page.as_uri())
+    x, y, w, h = measured["cards"][0]["svgs"][0]
+    pixels = Image.open(shot).convert("RGB").crop((x, y, x + w, y + h)).getdata()
+    assert sum(1 for r, g, b in pixels if r > 200 and 100 < g < 180 and b < 60) > 0.1 * w * h  # orange bars

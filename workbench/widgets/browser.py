@@ -51,8 +51,11 @@ _STYLES = {
         "display: flex; align-items: baseline; gap: 10px; padding: 3px 10px; "
         "border-bottom: 1px solid rgba(128, 128, 128, 0.14); cursor: pointer"
     ),
-    ".wf-row > b": "flex: none; width: 3.6em; font-weight: 600; font-variant-numeric: tabular-nums",
-    ".wf-row > span": "flex: none; width: 4.2em; text-align: right; font-variant-numeric: tabular-nums; opacity: 0.85",
+    ".wf-row > b": "flex: none; width: 44px; font-weight: 600; font-variant-numeric: tabular-nums; white-space: nowrap",
+    ".wf-row > span": (
+        "flex: none; width: 64px; text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; "
+        "opacity: 0.85"
+    ),
     ".wf-row > div": "flex: 1; min-width: 0; overflow: hidden; white-space: nowrap; text-overflow: ellipsis",
     ".wf-row code": (
         f"font-family: {_MONO}; font-size: 12px; white-space: pre; margin-right: 4px; padding: 0 3px; "
