@@ -90,10 +90,15 @@ _STYLES = {
         f"cursor: pointer; padding: 2px 0; margin-bottom: 2px; border-bottom: 1px solid {_LINE}; "
         "font-size: 11px; font-weight: 600; letter-spacing: 0.04em; text-transform: uppercase; opacity: 0.75"
     ),
-    ".wf-group > summary > span": "margin-left: 6px; font-weight: 400; letter-spacing: 0; text-transform: none; opacity: 0.75",
+    ".wf-group > summary > span": (
+        "margin-left: 6px; font-weight: 400; letter-spacing: 0; text-transform: none; opacity: 0.75"
+    ),
     ".wf-exs": f"font-family: {_MONO}; font-size: 12px; line-height: 1.75",
     ".wf-ex": "display: flex; align-items: baseline; gap: 10px; border-bottom: 1px solid rgba(128, 128, 128, 0.1)",
-    ".wf-ex > b": "flex: none; width: 4.5em; text-align: right; font-size: 11px; font-weight: 400; opacity: 0.6; font-variant-numeric: tabular-nums",
+    ".wf-ex > b": (
+        "flex: none; width: 4.5em; text-align: right; font-size: 11px; font-weight: 400; opacity: 0.6; "
+        "font-variant-numeric: tabular-nums"
+    ),
     ".wf-ex > span": "flex: 1; min-width: 0; white-space: pre-wrap; overflow-wrap: anywhere",
     ".wf-ex > span > span": "border-radius: 2px; padding: 1px 0",
     ".wf-focus": "outline: 1.5px solid rgba(0, 0, 0, 0.8); outline-offset: -0.5px",
@@ -404,9 +409,11 @@ def example_html(example: dict, vmax_milli: int, color: str, inline: bool) -> st
     for i, (token, value) in enumerate(zip(example["tokens"], example["values"])):
         v = _milli(value) / 1000
         alpha = _alpha_percent(v, vmax)
+        # Uncoloured tokens skip their rule's inline twin: rounding and padding show only on a background.
         spans.append(_tag(
             "span", html.escape(display_token(token)), inline, "wf-focus" if i == focus else "",
-            rule=".wf-ex > span > span", style=f"background-color: {_background(color, alpha)}" if alpha else "",
+            rule=".wf-ex > span > span" if alpha else "",
+            style=f"background-color: {_background(color, alpha)}" if alpha else "",
             title=f"{json.dumps(token, ensure_ascii=False)}: {_fmt_value(v)}",
         ))
     where = None
