@@ -243,6 +243,16 @@ def test_card_without_logits_or_examples_says_so():
     assert "no examples: the feature never fired" in markup and markup.count("<svg") == 1
 
 
+def test_card_of_a_feature_that_never_fires():
+    from workbench.widgets.card import card_html
+
+    silent = tiny_card(fire_count=0, density=0.0, max=0.0, mean_firing=0.0, skew=0.0, kurtosis=0.0,
+                       histogram={"edges": [], "counts": []}, groups=[])
+    markup = card_html(silent, inline=False)
+    assert "<b>0%</b><span>density · never fires</span>" in markup
+    assert "no values" in markup and "no examples: the feature never fired" in markup
+
+
 def test_card_static_markup_leans_on_the_stylesheet_unless_inline():
     from workbench.widgets.card import card_html
 

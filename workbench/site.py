@@ -53,9 +53,9 @@ SIZE_WARNING = 50_000_000
 
 
 class SiteSource(Protocol):
-    """What write_site reads: workbench.features.FeatureStats has all of it."""
+    """What write_site reads: workbench.features.FeatureStats has all of it (`meta` may lack
+    "dictionary" and "n_tokens", which only head the page)."""
 
-    n_features: int
     meta: dict
 
     def table(self) -> list[dict]: ...
@@ -181,7 +181,7 @@ def _folder_size(folder: Path) -> int:
 def write_site(stats: SiteSource, out_dir: str | Path, *, chunk: int = 64, title: str | None = None,
                progress: bool = True) -> Path:
     """Write a static feature browser of `stats` (FeatureStats, or anything with `table()`,
-    `card(i)`, `n_features` and `meta`) into `out_dir`; returns its path.
+    `card(i)` and `meta`) into `out_dir`; returns its path. Every row of `table()` gets a card.
 
     `chunk` cards go in each data/cards file (one is loaded per card viewed); `title` heads
     the page (default: `stats.meta["dictionary"]`). The folder is

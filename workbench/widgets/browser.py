@@ -154,11 +154,13 @@ def haystack(row: dict) -> str:
 _ID = re.compile(r"#?(\d+)")
 
 
-def find(rows: list[dict], query: str, search: Callable[[str], Iterable[int]] | None = None) -> list[int]:
+def find(rows: list[dict], query: str, search: Callable[[str], Iterable[int]] | None = None,
+         haystacks: list[str] | None = None) -> list[int]:
     """Indices into `rows` matching `query`: an id (`17` or `#17`) matches that feature; any
     text matches rows whose top tokens, top logits or explanation contain it (any case), and
     the features `search(text)` returns (e.g. FeatureStats.search: text in their examples).
-    An empty query matches every row. In row order."""
+    An empty query matches every row. In row order. `haystacks`: `haystack(row)` of each row,
+    if already at hand."""
     query = query.strip()
     if not query:
         return list(range(len(rows)))
@@ -170,7 +172,8 @@ def find(rows: list[dict], query: str, search: Callable[[str], Iterable[int]] | 
     if search is not None:
         wanted.update(int(f) for f in search(query))
     needle = query.lower()
-    return [i for i, r in enumerate(rows) if r["feature"] in wanted or needle in haystack(r)]
+    hay = haystacks if haystacks is not None else [haystack(r) for r in rows]
+    return [i for i, r in enumerate(rows) if r["feature"] in wanted or needle in hay[i]]
 
 
 def sort_rows(rows: list[dict], indices: list[int], sort_by: str, descending: bool) -> list[int]:
@@ -357,6 +360,7 @@ class FeatureBrowser(anywidget.AnyWidget):
             rows = source
         self._rows = check_rows(rows)
         self._index = {r["feature"]: i for i, r in enumerate(self._rows)}
+        self._haystacks = [haystack(r) for r in self._rows]
         self._card_of, self._search = card, search
         self._cards: OrderedDict[tuple[int, bool], str] = OrderedDict()
         self._text: dict | None = None
@@ -392,7 +396,7 @@ class FeatureBrowser(anywidget.AnyWidget):
         self._refind()
 
     def _refind(self) -> None:
-        found = find(self._rows, self.query, self._search)
+        found = find(self._rows, self.query, self._search, self._haystacks)
         self._order = sort_rows(self._rows, found, self.sort_by, self.descending)
         self.n_matches = len(self._order)
         if self.page != 0:
@@ -449,7 +453,7 @@ class FeatureBrowser(anywidget.AnyWidget):
     def _textview(self, inline: bool) -> str:
         if self._text is None:
             return ""
-        rows = {r["feature"]: r for r in self._rows}
+        rows = {f: self._rows[i] for f, i in self._index.items()}
         return text_html(self._text, selected=self.selected, token=self.text_token, rows_by_feature=rows, inline=inline)
 
     def _draw_text(self) -> None:
