@@ -269,7 +269,7 @@ def test_site_size_fits_4608_features(tmp_path):
     summary = site_summary(write_site(stats, tmp_path / "s", progress=False))
     per_feature = (summary["bytes_cards"] + summary["bytes_index"]) / 48
     projected = per_feature * 4608 + 1_000_000  # + a full 50k-token vocab.js, fixed files
-    assert projected < 45_000_000, f"{projected / 1e6:.1f} MB projected"
+    assert projected < 50_000_000, f"{projected / 1e6:.1f} MB projected"
 
 
 def test_write_is_atomic_and_replaces_only_its_own_sites(tmp_path):
