@@ -640,6 +640,8 @@ def _fingerprint(dictionary: Any, store: ActivationStore, cfg: FeatureStatsConfi
 
 
 def _device_of(dictionary: Any) -> torch.device:
+    if isinstance(getattr(dictionary, "device", None), (str, torch.device)):
+        return torch.device(dictionary.device)
     module = getattr(dictionary, "sae", None) or dictionary
     try:
         return next(module.parameters()).device
