@@ -49,7 +49,7 @@ class SyntheticStats:
         rng = random.Random(seed)
         self.vocab = _vocabulary(vocab, rng)
         self._cum = list(__import__("itertools").accumulate(1 / (r + 2.7) ** 1.07 for r in range(vocab)))
-        self.meta = {"dictionary": f"topk SAE, blocks.15.hook_mlp_out, {n_features} features", "n_tokens": self.n_tokens}
+        self.meta = {"dictionary_label": f"topk SAE, blocks.15.hook_mlp_out, {n_features} features", "n_tokens": self.n_tokens}
 
     def _rng(self, feature: int) -> random.Random:
         return random.Random(self.seed * 1_000_003 + feature)
@@ -120,7 +120,7 @@ class SyntheticStats:
                       "histogram": {"edges": [-1.3 + 2.6 * i / lb for i in range(lb + 1)],
                                     "counts": [round(5000 * math.exp(-((i - lb / 2 + 3) ** 2) / 40)) for i in range(lb)]},
                       "method": "direct path: W_U (gamma * d) through the final norm's weight, no norm scale"}
-        return {"feature": feature, "title": f"feature {feature}", "dictionary": self.meta["dictionary"],
+        return {"feature": feature, "title": f"feature {feature}", "dictionary": self.meta["dictionary_label"],
                 "explanation": s["explanation"], "n_tokens": self.n_tokens, "fire_count": s["fire_count"],
                 "density": s["density"], "max": top, "mean_firing": s["mean_firing"], "skew": s["skew"],
                 "kurtosis": s["kurtosis"], "histogram": {"edges": edges, "counts": counts}, "logits": logits,

@@ -184,7 +184,7 @@ def write_site(stats: SiteSource, out_dir: str | Path, *, chunk: int = 64, title
     `card(i)` and `meta`) into `out_dir`; returns its path. Every row of `table()` gets a card.
 
     `chunk` cards go in each data/cards file (one is loaded per card viewed); `title` heads
-    the page (default: `stats.meta["dictionary"]`). The folder is
+    the page (default: `stats.meta["dictionary_label"]`). The folder is
     written next to `out_dir` under a temporary name and renamed into place, so a reader never
     sees half a site; an existing `out_dir` is replaced only if write_site wrote it (it holds
     workbench-site.json), else this raises FileExistsError. Open `out_dir/index.html`."""
@@ -200,7 +200,7 @@ def write_site(stats: SiteSource, out_dir: str | Path, *, chunk: int = 64, title
                               "pass a new folder, or remove it first")
     rows = check_rows(stats.table())
     meta = dict(getattr(stats, "meta", {}) or {})
-    title = title or meta.get("dictionary") or "Features"
+    title = title or meta.get("dictionary_label") or "Features"
     subtitle = f"{len(rows):,} features" + (f" · statistics over {meta['n_tokens']:,} tokens" if "n_tokens" in meta else "")
 
     out.parent.mkdir(parents=True, exist_ok=True)
