@@ -321,7 +321,10 @@ def _uniform(edges: list[float], log: bool) -> bool:
     n = len(edges) - 1
     lo, hi = edges[0], edges[-1]
     expect = [lo * (hi / lo) ** (i / n) if log else lo + (hi - lo) * i / n for i in range(n + 1)]
-    return all(abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1e-12) for a, b in zip(edges, expect))
+    # float32 edges (torch.linspace, logspace) are equal spacing to ~1e-7 of the axis's span
+    span = abs(math.log(hi / lo)) if log else abs(hi - lo)
+    at = (lambda v: math.log(v)) if log else (lambda v: v)
+    return all(abs(at(a) - at(b)) <= 1e-5 * max(span, 1e-12) for a, b in zip(edges, expect))
 
 
 def _histogram_html(hist: dict, *, log: bool, split: float | None, color: str, inline: bool) -> str:
