@@ -190,3 +190,17 @@ def test_text_features_rank_the_features_of_a_text(llama_tiny):
         text_features(llama_tiny, dictionary, "  ")
     with pytest.raises(TypeError, match="decode"):
         text_features(llama_tiny, dictionary, b"w5")
+
+
+def test_topk_firings_path_equals_the_dense_path(tmp_path, small_stats_case):
+    """A TopK SAE's statistics come from its k indices (no dense tensor); they equal the dense path's."""
+    from workbench.dictionaries import SAEDictionary
+
+    store, dense, _ = small_stats_case
+    sae = SAE.from_config(SAEConfig("topk", d_in=32, d_sae=24, k=4, hook_name=dense.hookpoint))
+    cfg = FeatureStatsConfig(n_top=4, n_intervals=3, per_interval=2, batch_size=41)
+    sparse = feature_stats(SAEDictionary(sae), store, config=cfg, progress=False)
+    reference = feature_stats(_Plain(sae, dense.hookpoint), store, config=cfg, progress=False)
+    assert int(sparse.tensors["fire_count"].sum()) <= 4 * store.n_rows
+    for key, value in reference.tensors.items():
+        assert torch.allclose(sparse.tensors[key].double(), value.double(), rtol=1e-6, atol=1e-6), key

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Dictionary",
     "DictionaryError",
+    "Firings",
     "ICADictionary",
     "Matches",
     "NeuronDictionary",
@@ -78,6 +79,23 @@ _REFIT = "fit and save the dictionary again"
 
 class DictionaryError(ValueError):
     """A dictionary that cannot be built, fitted, saved or loaded; the message says what to do."""
+
+
+class Firings(NamedTuple):
+    """A batch's non-zero feature activations, in row order."""
+
+    rows: Int[Tensor, " e"]
+    """Row of the batch."""
+    features: Int[Tensor, " e"]
+    """Feature that fires there."""
+    values: Float[Tensor, " e"]
+    """Its activation (> 0)."""
+
+
+def firings_of(acts: Float[Tensor, "batch n_features"]) -> Firings:
+    """The non-zero entries of dense activations."""
+    rows, features = torch.nonzero(acts > 0, as_tuple=True)
+    return Firings(rows, features, acts[rows, features].float())
 
 
 @runtime_checkable
@@ -362,6 +380,20 @@ class SAEDictionary:
     def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch n_features"]:
         """The SAE's ``feature_acts``, float32, on the SAE's device."""
         return self.sae.encode(x.to(self.sae.W_enc.device)).feature_acts.float()
+
+    @torch.no_grad()
+    def firings(self, x: Float[Tensor, "batch d_in"]) -> Firings:
+        """Every activation > 0 as (row, feature, value), rows in order. For a TopK SAE straight
+        from its k largest pre-activations, without the dense ``[batch, d_sae]`` tensor."""
+        from workbench.sae import TopKSAE
+
+        x = x.to(self.sae.W_enc.device)
+        if type(self.sae) is TopKSAE:
+            values, features, _ = self.sae._topk(x)
+            fired = values > 0
+            rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(features)
+            return Firings(rows[fired], features[fired], values[fired].float())
+        return firings_of(self.encode(x))
 
     def residual_directions(self, model: Model | None = None) -> Float[Tensor, "n_features d_model"] | None:
         """``W_dec`` rows, through the down projection at ``mlp.hook_post`` (needs ``model``)."""

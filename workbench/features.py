@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from workbench.dictionaries import firings_of
 from workbench.progress import progress_bar
 from workbench.store import ActivationStore
 
@@ -198,7 +199,7 @@ STATS_TENSORS = "feature_stats.safetensors"
 _PARTIAL = "partial"
 STATS_DIRNAME = "feature_stats"
 """Folder of the statistics inside an SAE folder (``RUN/sae_0/feature_stats``)."""
-_CHUNK_EVENTS = 1 << 22
+_CHUNK_EVENTS = 1 << 20
 
 
 @dataclass
@@ -793,10 +794,9 @@ def _pass_over_store(dictionary: Any, store: ActivationStore, cfg: FeatureStatsC
     try:
         with bar:
             for batch in batches:
-                acts = dictionary.encode(batch.float())  # (B, n)
-                r, f = torch.nonzero(acts > 0, as_tuple=True)
-                v = acts[r, f].float().cpu()
-                r, f = r.cpu(), f.cpu()
+                fired = dictionary.firings(batch.float()) if hasattr(dictionary, "firings") else \
+                    firings_of(dictionary.encode(batch.float()))
+                r, f, v = fired.rows.cpu(), fired.features.cpu(), fired.values.float().cpu()
                 rows = r + done * cfg.batch_size
                 _merge_moments(state, f, v.double(), n)
                 state["max"].scatter_reduce_(0, f, v, "amax")
