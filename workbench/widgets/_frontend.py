@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import anywidget
 
 
 def frontend_dir() -> Path:
@@ -22,3 +25,18 @@ def frontend_dir() -> Path:
 
 FRONTEND = frontend_dir()
 """The front-end folder of this installation."""
+
+
+class StaticHTMLWidget(anywidget.AnyWidget):
+    """An anywidget whose display data also carries ``to_html()`` as ``text/html``: the static
+    rendering an executed notebook and its HTML export show without a kernel."""
+
+    def to_html(self) -> str:
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict, dict] | None:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, metadata = bundle
+        return {**data, "text/html": self.to_html()}, metadata

@@ -21,10 +21,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import anywidget
 import traitlets as t
 
+from workbench.widgets._frontend import StaticHTMLWidget
+
 from workbench.widgets.card import _STYLES as _CARD_STYLES
+from workbench.widgets.card import _attrs as _card_attrs
 from workbench.widgets.card import _percent, _sig, bundle_js, card_html, stylesheet
 from workbench.widgets.heatmap import DEFAULT_COLOR, _alpha_percent, _background, _fmt_value, display_token
 
@@ -86,25 +88,13 @@ _STYLES = {
     ".wf-tf > div": "flex: 1; min-width: 0; overflow: hidden; white-space: nowrap; text-overflow: ellipsis",
     ".wf-tf code": f"font-family: {_MONO}; font-size: 11px; white-space: pre; margin-right: 3px; opacity: 0.75",
 }
+_RULES = {**_CARD_STYLES, **_STYLES}
+"""The rules an element of the browser may name: the card's and the browser's own."""
 
 
 def _attrs(inline: bool, cls: str = "", rule: str = "", style: str = "", **extra: str | None) -> str:
-    """As card._attrs, over this module's rules (and the card's, e.g. `.wf-sec`)."""
-    styles = []
-    if inline:
-        rules = {**_CARD_STYLES, **_STYLES}
-        styles += [rules[f".{c}"] for c in cls.split() if f".{c}" in rules]
-        if rule:
-            styles.append(rules[rule])
-    if style:
-        styles.append(style)
-    out = f' class="{cls}"' if cls else ""
-    if styles:
-        out += f' style="{"; ".join(styles)}"'
-    for name, value in extra.items():
-        if value is not None:
-            out += f' {name.replace("_", "-")}="{html.escape(value)}"'
-    return out
+    """As card._attrs, over this module's rules and the card's (e.g. `.wf-sec`)."""
+    return _card_attrs(inline, cls, rule, style, rules=_RULES, **extra)
 
 
 def _tag(name: str, content: str, inline: bool, cls: str = "", rule: str = "", style: str = "",
@@ -320,7 +310,7 @@ def text_html(text: dict, *, selected: int, token: int, rows_by_feature: dict[in
 # The widget.
 
 
-class FeatureBrowser(anywidget.AnyWidget):
+class FeatureBrowser(StaticHTMLWidget):
     """Browse a dictionary's features: a searchable, sortable list and the selected feature's card.
 
     `FeatureBrowser(stats)` takes anything with `.table()` and `.card(i)` (and, if it has one,
@@ -482,13 +472,6 @@ class FeatureBrowser(anywidget.AnyWidget):
         """Self-contained HTML (inline styles, no JavaScript): the list's current page, the
         text view (if any) and the selected card."""
         return _tag("div", self._table(True) + self._textview(True) + self._card(True), True, "wf-browser")
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict, dict] | None:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if bundle is None:
-            return None
-        data, metadata = bundle
-        return {**data, "text/html": self.to_html()}, metadata
 
     def __repr__(self) -> str:
         chosen = f", feature {self.selected} selected" if self.selected >= 0 else ""

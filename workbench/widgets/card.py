@@ -22,10 +22,9 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import anywidget
 import traitlets as t
 
-from workbench.widgets._frontend import FRONTEND
+from workbench.widgets._frontend import FRONTEND, StaticHTMLWidget
 from workbench.widgets.heatmap import DEFAULT_COLOR, _alpha_percent, _background, _fmt_value, display_token
 
 __all__ = ["FeatureCard", "card_html", "check_card"]
@@ -105,15 +104,17 @@ _STYLES = {
 }
 
 
-def _attrs(inline: bool, cls: str = "", rule: str = "", style: str = "", **extra: str | None) -> str:
+def _attrs(inline: bool, cls: str = "", rule: str = "", style: str = "", *, rules: dict[str, str] | None = None,
+           **extra: str | None) -> str:
     """An element's attributes: `class` (if `cls`), `style` (when `inline`, the declarations of
-    its classes' rules and of the structural `rule`; then `style`) and the `extra` attributes
-    (escaped; `_` read as `-`; None left out)."""
+    its classes' rules and of the structural `rule`, looked up in `rules`, default this module's;
+    then `style`) and the `extra` attributes (escaped; `_` read as `-`; None left out)."""
+    rules = _STYLES if rules is None else rules
     styles = []
     if inline:
-        styles += [_STYLES[f".{c}"] for c in cls.split() if f".{c}" in _STYLES]
+        styles += [rules[f".{c}"] for c in cls.split() if f".{c}" in rules]
         if rule:
-            styles.append(_STYLES[rule])
+            styles.append(rules[rule])
     if style:
         styles.append(style)
     out = f' class="{cls}"' if cls else ""
@@ -532,7 +533,7 @@ def stylesheet(*names: str) -> str:
 # The widget.
 
 
-class FeatureCard(anywidget.AnyWidget):
+class FeatureCard(StaticHTMLWidget):
     """One feature at a glance: its statistics, activation histogram, logit effects and
     examples in groups (top activations, intervals, quantiles), tokens coloured by activation.
 
@@ -579,13 +580,6 @@ class FeatureCard(anywidget.AnyWidget):
     def to_html(self) -> str:
         """The card as self-contained HTML (inline styles, escaped text, no JavaScript)."""
         return card_html(self.card, inline=True, color=self.color)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict, dict] | None:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if bundle is None:
-            return None
-        data, metadata = bundle
-        return {**data, "text/html": self.to_html()}, metadata
 
     def __repr__(self) -> str:
         c = self.card

@@ -16,10 +16,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import anywidget
 import traitlets as t
 
-from workbench.widgets._frontend import FRONTEND
+from workbench.widgets._frontend import FRONTEND, StaticHTMLWidget
 
 __all__ = ["FeatureContexts", "TokenHeatmap"]
 
@@ -182,7 +181,7 @@ def _normalise_color(color: str) -> str:
     raise t.TraitError(f"color must be '#rrggbb', '#rgb' or 'rgb(r, g, b)'; got {color!r}")
 
 
-class _HeatmapView(anywidget.AnyWidget):
+class _HeatmapView(StaticHTMLWidget):
     """What TokenHeatmap and FeatureContexts share: colour scale, title, static HTML."""
 
     _esm = FRONTEND / "token_heatmap.js"
@@ -226,13 +225,6 @@ class _HeatmapView(anywidget.AnyWidget):
             color=self.color,
             title=self.title,
         )
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict, dict] | None:
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if bundle is None:
-            return None
-        data, metadata = bundle
-        return {**data, "text/html": self.to_html()}, metadata
 
 
 class TokenHeatmap(_HeatmapView):
