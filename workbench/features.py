@@ -778,7 +778,9 @@ def _pass_over_store(dictionary: Any, store: ActivationStore, cfg: FeatureStatsC
     inner_edges = edges[1:-1]
     nb = len(edges) - 1
     device = _device_of(dictionary)
-    batches = store.batches(dictionary.hookpoint, batch_size=cfg.batch_size, shuffle=False, device=device).skip(done)
+    # in store order a read-ahead of a few batches is enough (the default shuffle buffer holds 262k rows)
+    batches = store.batches(dictionary.hookpoint, batch_size=cfg.batch_size, shuffle=False, device=device,
+                            buffer_rows=4 * cfg.batch_size).skip(done)
     n_batches = math.ceil(store.n_rows / cfg.batch_size)
     last_save = time.monotonic()
 
