@@ -462,8 +462,10 @@ class FeatureStats:
         titles = self.meta.get("titles") or []
         return titles[feature] if feature < len(titles) else f"feature {feature}"
 
-    def card(self, feature: int) -> dict:
-        """Everything a feature card shows, as plain JSON types (see the widgets)."""
+    def card(self, feature: int, *, top: int | None = None, per_group: int | None = None) -> dict:
+        """Everything a feature card shows, as plain JSON types (see the widgets). ``top`` and
+        ``per_group`` keep fewer top examples and fewer per interval and quantile (smaller
+        notebooks); the statistics and labels still describe all of them."""
         f = self._check(feature)
         t, cfg = self.tensors, self.meta["config"]
         skew, kurt = self._moments()
@@ -502,7 +504,7 @@ class FeatureStats:
             "kurtosis": float(kurt[f]),
             "histogram": {"edges": [float(e) for e in edges[lo:hi + 1]] if hi else [], "counts": [int(c) for c in counts[lo:hi]]},
             "logits": self._logits(f),
-            "groups": groups,
+            "groups": [{**g, "examples": g["examples"][:top if g["kind"] == "top" else per_group]} for g in groups],
         }
 
     def _logits(self, f: int) -> dict | None:
