@@ -480,7 +480,7 @@ class FeatureStats:
         for j in reversed(range(cfg["n_intervals"])):
             a, b = peak * j / cfg["n_intervals"], peak * (j + 1) / cfg["n_intervals"]
             share = float(t["interval_counts"][f, j]) / max(fire, 1)
-            groups.append({"kind": "interval", "label": f"interval {a:.3f}-{b:.3f} contains {100 * share:.1f}%", "lo": a,
+            groups.append({"kind": "interval", "label": f"interval {a:.3f}-{b:.3f} contains {_share(share)}", "lo": a,
                            "hi": b, "fraction": share, "examples": interval_groups[j]})
         quantile_groups = self._examples("quantile", f)
         q_edges = t["quantile_edges"][f].tolist()
@@ -577,6 +577,12 @@ class FeatureStats:
 
     def __repr__(self) -> str:
         return f"FeatureStats({self.meta['dictionary_label']}, {self.n_tokens:,} tokens)"
+
+
+def _share(fraction: float) -> str:
+    """A fraction as a percentage that stays readable when tiny: 0.612 -> "61.2%", 2.9e-5 -> "0.0029%"."""
+    percent = 100 * fraction
+    return f"{percent:.1f}%" if percent >= 0.1 or percent == 0 else f"{percent:.2g}%"
 
 
 def stats_folder(path: str | Path) -> Path:
