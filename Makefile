@@ -28,9 +28,12 @@ $(VENV)/.setup-done: pyproject.toml
 	$(BIN)/workbench prepare
 	touch $@
 
-# The tests also need pytest and the peers they check against (SAELens, sparsify).
+# The tests also need pytest and the peers they check against (SAELens, sparsify, SAEDashboard's
+# Neuronpedia classes). sae-dashboard goes in with --no-deps: its pins would replace torch with a CUDA
+# build and downgrade transformers and TransformerLens; what it imports comes with the test extra.
 $(VENV)/.setup-test-done: $(VENV)/.setup-done
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps sae-dashboard==0.8.0
 	touch $@
 
 run: setup
