@@ -11,6 +11,12 @@ a static `text/html` rendering in its display data, so an executed notebook and 
   groups, drawn from a CARD dict (`FeatureStats.card(i)`).
 - `browser`: `FeatureBrowser`, a searchable, sortable list of features with the selected
   one's card, and "which features fire here" on a text (`show_text`).
+- `ablation`: `AblationView`, per token a feature's activation and what ablating it does to
+  the token's log-likelihood (workbench.ablation.feature_ablation), full and direct.
+- `steering`: `SteeringPanel`, ipywidgets sliders around a `run(coefficients)` callback,
+  clean and steered replies side by side with KL and log-likelihoods.
+- `traits`: `Transcript` and `TraitChips` (replies with their traits as chips that open the
+  feature's card) and `PromptHeatmap` (signed values over prompt tokens, e.g. prompt attribution).
 
 Python draws each widget's markup; its ES module only adds behaviour (hover, clicks, swapping
 in new markup when Python redraws). `workbench.site.write_site` writes the same list and cards
@@ -22,10 +28,18 @@ Example::
     FeatureContexts.from_lists(top_tokens, top_values, labels=[f"doc {d}" for d in docs])
     FeatureCard.from_stats(stats, 1767)
     FeatureBrowser(stats, selected=1767)
+    AblationView([full.to_dict(), direct.to_dict()], feature_cards=stats.card)
+    SteeringPanel(lambda c, temperature, seed: compare_steering(...).to_dict(), [1767])
+    TraitChips(generation.reply_text, reply_traits(model, sae, generation), cards=stats.card)
+    PromptHeatmap.from_attribution(prompt_attribution(model, sae, prompt_ids, reply_ids, 1767))
 """
 
+from workbench.widgets.ablation import AblationView
 from workbench.widgets.browser import FeatureBrowser
 from workbench.widgets.card import FeatureCard
 from workbench.widgets.heatmap import FeatureContexts, TokenHeatmap
+from workbench.widgets.steering import SteeringPanel
+from workbench.widgets.traits import PromptHeatmap, TraitChips, Transcript
 
-__all__ = ["FeatureBrowser", "FeatureCard", "FeatureContexts", "TokenHeatmap"]
+__all__ = ["AblationView", "FeatureBrowser", "FeatureCard", "FeatureContexts", "PromptHeatmap", "SteeringPanel",
+           "TokenHeatmap", "TraitChips", "Transcript"]
