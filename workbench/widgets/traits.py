@@ -336,7 +336,7 @@ class Transcript(StaticHTMLWidget):
                 top = max(tr["total"] for tr in traits)
                 chips = "".join(chip_html(tr, i, self.title_of(tr["feature"], tr), top,
                                           open_=(i, tr["feature"]) == (sel_turn, sel_f), inline=inline) for tr in traits)
-                hint = "traits" + ("" if inline else " · click one for its card")
+                hint = "traits: Σ total activation, × lift over its usual density" + ("" if inline else " · click one")
                 parts.append(_tag("div", _tag("em", hint, inline, rule=".wi-chips > em") + chips, inline, "wi-chips"))
             else:
                 parts.append(_tag("div", "no traits", inline, "wi-empty"))
