@@ -14,9 +14,11 @@ the log-likelihood of that token, ``log p(token_t | tokens_<t)`` ablated minus c
 - ``"direct"``: the direct-path estimate (what sae_vis shows). The change ``-a_f d_f`` at each
   position goes straight to the unembedding, through the final norm with the clean run's
   per-token scale: ``logits' = logits - a_f s_t W_U (gamma * d_f)``, then ``log_softmax``.
-  It leaves out every path through later layers (attention moving the information to later
-  positions included), so it can miss most of the effect; it costs one forward pass for
-  any number of features.
+  At ``mlp.hook_post`` the direction first goes through the MLP's down projection
+  (:func:`workbench.dictionaries.down_projection`). It leaves out every path through later
+  layers (attention moving the information to later positions included), so it can miss most
+  of the effect; it costs one forward pass plus a log-softmax over the vocabulary per feature
+  and token.
 
 The BOS position (position 0 when it holds the model's BOS token) is left clean, as in
 :mod:`workbench.evaluate`: SAEs are trained without it, and its activations (the attention sink)

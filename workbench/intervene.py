@@ -238,7 +238,9 @@ def _feature_index(features: Features, d_sae: int, device: torch.device) -> Int[
 def _position_mask(positions: Positions, batch: int, seq: int, device: torch.device) -> Bool[Tensor, "batch seq"]:
     if positions is None:
         return torch.ones(batch, seq, dtype=torch.bool, device=device)
-    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
+    if not isinstance(positions, Tensor):
+        positions = torch.as_tensor(positions)
+    if positions.dtype == torch.bool:
         if positions.shape not in ((seq,), (batch, seq), (1, seq)):
             raise ValueError(f"a position mask must be [seq={seq}] or [batch={batch}, seq], got {tuple(positions.shape)}")
         return positions.to(device).expand(batch, seq)
@@ -370,7 +372,8 @@ class StopFiring:
     rounding leaves the feature on. Otherwise (topk, topafa, where firing depends on the other
     features) by bisection on ``[0, t_relu]``, the feature on at the lower end and off at the
     upper: this finds the first boundary when the firing ``t`` form an interval. Each of several
-    features gets the step that stops it alone, all measured from the clean ``x``.
+    features gets the step that stops it alone, all measured from the clean ``x`` (so put it
+    before other edits of the same features).
 
     Raises ValueError where a fired feature cannot be stopped this way (``w_f . d_f <= 0``).
     """
@@ -492,10 +495,12 @@ def splice_edit(splice: Splice, *, grad: bool = False, record: dict | None = Non
             record["acts"], record["edited"] = acts, edited
         if grad:
             out = sae.decode(edited) + (x_in - sae.decode(acts)).detach()
-        elif edited is acts:
-            return x
         else:
-            out = x_in + (edited - acts) @ sae.W_dec
+            change = edited - acts
+            touched = change.ne(0).flatten(0, -2).any(0).nonzero()[:, 0]  # the edited features only
+            if len(touched) == 0:
+                return x
+            out = x_in + change.index_select(-1, touched) @ sae.W_dec[touched]
         return out.to(x.dtype)
 
     return edit
