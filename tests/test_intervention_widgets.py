@@ -47,8 +47,11 @@ TRAITS = [{"feature": 3, "total": 12.5, "n_tokens": 4, "lift": 8.2}, {"feature":
           {"feature": 6, "total": 6.25, "n_tokens": 3, "lift": 0.75}]
 
 
-def token_styles(markup: str, cls: str = "wi-text") -> list[tuple[str, str]]:
-    """(text, style) of each token span (those with data-i) inside the first `cls` element."""
+def token_styles(markup: str, cls: str = "wi-text", feature: int | None = None) -> list[tuple[str, str]]:
+    """(text, style) of each token span (those with data-i) inside the first `cls` element (of
+    the ablation view of `feature`, if given)."""
+    if feature is not None:
+        markup = re.search(rf'<div class="wi-ablation"[^>]*data-feature="{feature}".*', markup, re.S).group(0)
     inner = re.search(rf'<div class="{cls}"[^>]*>(.*?)</div>', markup, re.S).group(1)
     spans = re.findall(r'<span(?: class="[^"]*")?( style="[^"]*")? data-i="\d+"[^>]*>([^<]*)</span>', inner)
     return [(html.unescape(text), style[8:-1] if style else "") for style, text in spans]
@@ -81,7 +84,7 @@ def test_ablation_colours_and_underlines_follow_the_numbers(feature, method):
     delta = [r[j] * scale for r in DELTA]
     dmax = max(abs(d) for d in delta[1:])
     for markup in (w.view_html, w.to_html()):
-        got = token_styles(markup)
+        got = token_styles(markup, feature=feature)
         assert [t for t, _ in got] == ["<bos>", "The", " cat", "<script>", "⏎", "∅", " sat", " &amp;"]
         styles = [re.sub(r"^padding: 1px 0; border-radius: 2px 2px 0 0; ?", "", s) for _, s in got]
         assert styles == [expected_style(a, max(acts), d, dmax, i == 0) for i, (a, d) in enumerate(zip(acts, delta))]
@@ -165,10 +168,15 @@ def test_ablation_method_given_for_some_features_only():
 def test_ablation_static_fallback_has_inline_styles_and_no_controls():
     from workbench.widgets import AblationView
 
+    single = AblationView(effects(features=[7], acts=[r[:1] for r in ACTS], delta=[r[:1] for r in DELTA], titles=None))
+    assert single.to_html().startswith('<div class="wi-ablation" style="font-family')
     w = AblationView(both())
     static = w.to_html()
-    assert static.startswith('<div class="wi-ablation" style="font-family') and "<button" not in static
-    assert "Δ log p by full re-forward (tooltips: direct path too)" in static
+    assert static.startswith('<div style="display: flex; flex-direction: column; gap: 18px">')
+    assert "<button" not in static and "wi-feats" not in static  # no list to pick from: every feature shown
+    assert re.findall(r'<div class="wi-ablation"[^>]*data-feature="(\d+)" data-method="(\w+)"', static) == [
+        ("7", "full"), ("12", "full")]
+    assert static.count("Δ log p by full re-forward (tooltips: direct path too)") == 2
     assert "<script" not in static and "<button" in w.view_html
     data, _ = w._repr_mimebundle_()
     assert data["text/html"] == static and data["application/vnd.jupyter.widget-view+json"]["model_id"] == w.model_id
@@ -244,7 +252,11 @@ def test_ablation_shows_the_selected_features_card():
     assert '<div class="wf-card" data-feature="7">' in w.view_html
     w.feature = 12
     assert '<div class="wf-card" data-feature="12">' in w.view_html
-    assert 'class="wf-card" style="' in w.to_html()
+    static = w.to_html()
+    assert static.count('class="wf-card" style="') == 1
+    assert static.index('data-feature="7"') < static.index('class="wf-card"')  # under feature 12, the one shown
+    assert static.index('<div class="wi-ablation" style="') < static.rindex('data-feature="12" data-method')
+    assert re.search(r'data-feature="12" data-method="full">.*class="wf-card"', static, re.S)
     by_dict = AblationView(both(), feature_cards={12: tiny_card(feature=12)})
     assert "no card given for feature 7" in by_dict.view_html
     by_dict.feature = 12

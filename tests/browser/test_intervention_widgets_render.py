@@ -84,7 +84,8 @@ try {
   const t = document.createElement("template");
   t.innerHTML = STATE.ablation.view_html;
   const drawn = el.querySelector(".wi-ablation").cloneNode(true);
-  drawn.querySelector(".wi-readout")?.remove();
+  drawn.querySelector(".wi-readout")?.remove();  // what the module adds: the read-out, keyboard access
+  for (const pill of drawn.querySelectorAll(".wi-feat")) ["tabindex", "role", "aria-pressed"].forEach((a) => pill.removeAttribute(a));
   out.ablationEqual = t.content.firstElementChild.isEqualNode(drawn);
   out.tokens = tokenLooks(el, ".wi-text > span");
   out.readoutBefore = el.querySelector(".wi-readout").textContent;
@@ -109,6 +110,10 @@ try {
                  el.querySelectorAll(".wi-readout").length, el.querySelector(".wf-card").dataset.feature];
   out.disabled = el.querySelector('button[data-method="direct"]')?.disabled ?? null;
   out.tokensOther = tokenLooks(el, ".wi-text > span");
+  const pill = el.querySelector('.wi-feat[data-f="7"]');
+  pill.focus();
+  pill.dispatchEvent(new KeyboardEvent("keydown", { key: "Enter", bubbles: true }));
+  out.pillKeyboard = [ab.get("feature"), document.activeElement === pill, pill.getAttribute("role")];
   over(el.querySelector(".wf-card .wf-ex > span > span"));
   out.cardHighlight = el.querySelectorAll(".wf-card .wf-hl").length > 0;
   const abListeners = ab.listeners();
@@ -271,6 +276,7 @@ def test_ablation_clicks_pick_a_feature_and_a_method(rendered):
 def test_ablation_swaps_python_markup_and_cleans_up(rendered):
     assert rendered["swapped"] == ["12", "direct", 1, "12"]
     assert rendered["disabled"] is False and rendered["cardHighlight"]
+    assert rendered["pillKeyboard"] == [7, True, "button"]
     before, after = rendered["ablationListeners"]
     assert before > 0 and after == 0
 
@@ -329,7 +335,9 @@ STATIC_MEASURE = """
 __MEASURE__
 window.addEventListener("load", () => {
   const result = {
-    tokens: tokenLooks(document, ".wi-text > span"),
+    tokens: tokenLooks(document, '.wi-ablation[data-feature="7"] .wi-text > span'),
+    tokensOther: tokenLooks(document, '.wi-ablation[data-feature="12"] .wi-text > span'),
+    blocks: [...document.querySelectorAll(".wi-ablation")].map((b) => b.dataset.feature),
     prompt: tokenLooks(document, ".wi-ptoks > span").map((t) => t.bg),
     chips: [...document.querySelectorAll(".wi-chip")].map(px),
     cols: [...document.querySelectorAll(".wi-scol")].map(px),
@@ -368,7 +376,7 @@ def exported(tmp_path_factory) -> Path:
         nb.cells.append(cell)
         widget.close()
     text, _ = HTMLExporter().from_notebook_node(nb)
-    assert "ablation_view.js" not in text and text.count('<div class="wi-ablation"') == 1
+    assert "ablation_view.js" not in text and text.count('<div class="wi-ablation"') == 2  # one per feature
     path = folder / "export.html"
     path.write_text(text.replace("</body>", STATIC_MEASURE.replace("__MEASURE__", MEASURE) + "</body>"), encoding="utf-8")
     return path
@@ -385,7 +393,9 @@ def static(chromium, exported) -> dict:
 
 def test_static_fallback_draws_the_same_numbers_without_our_css(static):
     assert not static["ours"]  # nothing but inline styles
+    assert static["blocks"] == ["7", "12"]  # every feature, one under the other
     assert looks(static["tokens"]) == expected_tokens(7, "full")
+    assert looks(static["tokensOther"]) == expected_tokens(12, "full")
     assert static["prompt"] == ["rgba(37, 99, 235, 0.6)", "rgba(220, 38, 38, 0.6)", "rgba(37, 99, 235, 0.3)",
                                 "rgba(37, 99, 235, 0.6)"]
     assert static["buttons"] == 0 and static["cards"] == 2  # the ablation's card and the open chip's

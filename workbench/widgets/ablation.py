@@ -242,10 +242,10 @@ def _tooltip(table: _Table, f: int, i: int) -> str:
     return " · ".join(parts)
 
 
-def view_html(table: _Table, feature: int, method: str, *, inline: bool, card: str = "") -> str:
-    """The view of `feature` by `method`: heading and method switch, the feature list, a one-line
-    summary, the tokens, the legend, and `card` (markup) if given. `inline`: styles inline and no
-    controls (the static fallback)."""
+def view_html(table: _Table, feature: int, method: str, *, inline: bool, card: str = "", pick: bool = True) -> str:
+    """The view of `feature` by `method`: heading and method switch, the feature list (if `pick`
+    and there are several), a one-line summary, the tokens, the legend, and `card` (markup) if
+    given. `inline`: styles inline and no controls (the static fallback)."""
     f = feature
     acts, delta = table.acts[f], table.delta[(f, method)]
     amax = max(acts, default=0.0)
@@ -267,7 +267,7 @@ def view_html(table: _Table, feature: int, method: str, *, inline: bool, card: s
         head += _tag("span", html.escape(f"Δ log p by {METHOD_NAMES[method]}{also}"), inline, rule=".wi-head > span")
     parts = [_tag("div", head, inline, "wi-head")]
 
-    if len(table.features) > 1:
+    if pick and len(table.features) > 1:
         pills = []
         for g in table.features:
             d = table.delta.get((g, method)) or table.delta[(g, table.methods(g)[0])]
@@ -402,19 +402,23 @@ class AblationView(StaticHTMLWidget):
             return _tag("div", html.escape(f"Could not draw feature {f}'s card: {type(error).__name__}: {error}"),
                         inline, "wi-note")
 
-    def _html(self, inline: bool) -> str:
-        if self.feature not in self._table.acts:
-            return ""
-        return view_html(self._table, self.feature, self.method, inline=inline, card=self._card(inline))
-
     def _draw(self) -> None:
-        if hasattr(self, "_table"):
-            self.view_html = self._html(inline=False)
+        if hasattr(self, "_table") and self.feature in self._table.acts:
+            self.view_html = view_html(self._table, self.feature, self.method, inline=False, card=self._card(False))
 
     def to_html(self) -> str:
-        """The view as self-contained HTML (inline styles, escaped text, no JavaScript): the shown
-        feature by the shown method, the other method's numbers in the tooltips."""
-        return self._html(inline=True)
+        """The view as self-contained HTML (inline styles, escaped text, no JavaScript), what a
+        notebook shows without a kernel: every feature one under the other (there is no list to
+        pick from), each by the shown method where it has it, the other method's numbers in the
+        tooltips; the shown feature's card under it."""
+        table, blocks = self._table, []
+        for f in table.features:
+            method = self.method if self.method in table.methods(f) else table.methods(f)[0]
+            card = self._card(True) if f == self.feature else ""
+            blocks.append(view_html(table, f, method, inline=True, card=card, pick=False))
+        if len(blocks) == 1:
+            return blocks[0]
+        return _tag("div", "".join(blocks), True, style="display: flex; flex-direction: column; gap: 18px")
 
     def __repr__(self) -> str:
         return (f"AblationView({len(self._table.tokens)} tokens, {len(self._table.features)} feature"
