@@ -34,11 +34,11 @@ logits and each splice's feature activations, before and after its edits; with
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from numbers import Integral
 from typing import NamedTuple, Protocol
 
 import torch
@@ -229,7 +229,9 @@ class FeatureEdit(Protocol):
 
 
 def _feature_index(features: Features, d_sae: int, device: torch.device) -> Int[Tensor, " k"]:
-    index = [features] if isinstance(features, int) else list(dict.fromkeys(int(f) for f in features))
+    if isinstance(features, Tensor):
+        features = features.reshape(-1).tolist()
+    index = [int(features)] if isinstance(features, Integral) else list(dict.fromkeys(int(f) for f in features))
     if not index or not all(-d_sae <= f < d_sae for f in index):
         raise ValueError(f"features must be one or more indices in [0, {d_sae}), got {features!r}")
     return torch.tensor(index, dtype=torch.long, device=device) % d_sae
@@ -244,7 +246,7 @@ def _position_mask(positions: Positions, batch: int, seq: int, device: torch.dev
         if positions.shape not in ((seq,), (batch, seq), (1, seq)):
             raise ValueError(f"a position mask must be [seq={seq}] or [batch={batch}, seq], got {tuple(positions.shape)}")
         return positions.to(device).expand(batch, seq)
-    index = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    index = positions.to("cpu", torch.long).reshape(-1)
     if len(index) and not ((index >= -seq) & (index < seq)).all():
         raise ValueError(f"positions must lie in [-{seq}, {seq}), got {positions!r}")
     mask = torch.zeros(seq, dtype=torch.bool)
