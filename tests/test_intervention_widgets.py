@@ -586,6 +586,56 @@ def test_steering_panel_in_an_executed_notebook_keeps_the_last_result(tmp_path):
     assert "application/vnd.jupyter.widget-view+json" in outputs[0].data
 
 
+# --- the real results, on a tiny model ---------------------------------------------------------------
+
+
+def test_widgets_draw_the_real_results(llama_tiny):
+    """feature_ablation, compare_steering, reply_traits and prompt_attribution on a tiny random model
+    and SAE, drawn by the widgets: the dicts they return are the shapes the widgets take."""
+    import torch
+
+    from workbench.ablation import feature_ablation
+    from workbench.attribute import prompt_attribution
+    from workbench.intervene import Splice, Steer
+    from workbench.sae import SAE, SAEConfig
+    from workbench.steer import compare_steering, generate, reply_traits
+    from workbench.widgets import AblationView, PromptHeatmap, SteeringPanel, TraitChips
+    from workbench.widgets.ablation import underline_px
+
+    model, hookpoint = llama_tiny, "blocks.1.hook_mlp_out"
+    sae = SAE.from_config(SAEConfig("relu", d_in=32, d_sae=16, hook_name=hookpoint))
+    with torch.no_grad():
+        sae.W_enc.mul_(30)
+    ids = torch.tensor([0, *torch.randint(3, 60, (9,)).tolist()])
+    full = feature_ablation(model, sae, ids, [0, 1, 2])
+    direct = feature_ablation(model, sae, ids, [0, 1, 2], method="direct")
+    view = AblationView([full, direct])
+    assert view.features == [0, 1, 2] and view.methods() == ["full", "direct"]
+    got = token_styles(view.view_html, feature=0)
+    delta = full.delta[:, 0].tolist()
+    largest = max(abs(d) for d in delta[1:])
+    for i, (_, style) in enumerate(got):
+        px = underline_px(delta[i], largest) if i else 0
+        assert (f"border-bottom: {px}px solid rgb({'37, 99, 235' if delta[i] < 0 else '220, 38, 38'})" in style) == (px > 0)
+        assert ("border-bottom" in style) == (px > 0)
+
+    prompt = "w5 w6 w7"
+    panel = SteeringPanel(lambda coefficients, temperature, seed: compare_steering(
+        model, prompt, [Splice(sae, [Steer(f, c) for f, c in coefficients.items()])], max_new_tokens=4,
+        temperature=temperature, seed=seed), [3], coefficients={3: 10.0})
+    assert panel.error == "" and panel.comparison["kl_next_token"] >= 0 and "steering feature 3 +10.00" in panel.to_html()
+
+    generation = generate(model, prompt, max_new_tokens=4)
+    traits = reply_traits(model, sae, generation, top=3)
+    chips = TraitChips(generation, traits, prompt=prompt)
+    assert chips.view_html.count('class="wi-chip"') == len(traits) > 0
+    attribution = prompt_attribution(model, sae, generation.prompt_ids, generation.reply_ids, traits[0].feature)
+    heatmap = PromptHeatmap.from_attribution(attribution)
+    assert len(heatmap.rows) == 2 and heatmap.rows[1]["estimate"] and f"drive feature {traits[0].feature}" in heatmap.view_html
+    for w in (view, panel, chips, heatmap):
+        w.close()
+
+
 # --- styles and front-end files ----------------------------------------------------------------
 
 

@@ -486,6 +486,8 @@ class PromptHeatmap(StaticHTMLWidget):
             rows.append({"values": a["gradient_x_input"], "label": "gradient × input", "estimate": True})
         if title is None:
             title = f"Which prompt tokens drive {what}"
+            if isinstance(a.get("total"), (int, float)) and not isinstance(a["total"], bool):
+                title += f" (its total activation over the reply: {_fmt_value(a['total'])})"
         return cls(a["tokens"], rows=rows, title=title, **kwargs)
 
     @t.validate("tokens", "rows")
