@@ -8,6 +8,10 @@ activation over a reply, with the model reading prompt + reply:
 * **gradient x input** (an estimate of the same drop, to first order): ``grad . embedding`` at the
   token, one forward and one backward pass for all tokens. It is exact for a function linear in
   the embedding and can be far off otherwise (a ReLU that switches off, attention that moves).
+  In pre-norm models it is a weak estimate by construction: ``grad . e`` is the derivative along
+  ``e``'s own scale, and block 0's attention and MLP read ``RMSNorm(e)``, which does not change
+  with that scale, so only the residual path is seen. On SmolLM2-135M (the quickstart's TopK SAE
+  at ``blocks.15.hook_mlp_out``, a 37-token chat prompt) its correlation with occlusion was 0.05.
 
 "The embedding" is the residual stream entering block 0, ``blocks.0.hook_resid_pre``: the token
 embedding in Llama-like and GPT-NeoX models (rotary positions act inside attention); in GPT-2 it
@@ -95,11 +99,15 @@ def prompt_attribution(
     reply_ids: Int[Tensor, " n_reply"] | list[int],
     feature: int,
     *,
-    batch_size: int = 16,
+    batch_size: int = 8,
 ) -> PromptAttribution:
     """Occlusion and gradient x input of every prompt token for ``feature``'s total activation over
-    the reply (e.g. ``generation.prompt_ids, generation.reply_ids``). Costs ``1 + n_prompt /
-    batch_size`` forward passes of ``batch_size`` sequences and one backward pass."""
+    the reply (e.g. ``generation.prompt_ids, generation.reply_ids``).
+
+    Costs about one forward pass per prompt token (``batch_size`` of them at once) and one forward
+    and backward pass; each pass runs to the logits (``batch_size x seq x vocab`` floats held at
+    once: 0.8 GB for 8 x 500 tokens of SmolLM2's 49k vocabulary), since
+    :func:`~workbench.intervene.run_with_saes` does not stop at the SAE's hook point."""
     prompt = [int(i) for i in prompt_ids]
     reply = [int(i) for i in reply_ids]
     if not prompt or not reply:
