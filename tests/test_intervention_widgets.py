@@ -37,7 +37,8 @@ def comparison(kl: float = 0.51, **overrides) -> dict:
     d = {"clean": {"prompt_ids": [0, 5], "reply_ids": [1, 2, 3], "prompt_tokens": ["Once", " <upon>"],
                    "reply_text": " The cat sat.", "reply_tokens": [" The", " cat", " sat", "."]},
          "steered": {"prompt_ids": [0, 5], "reply_ids": [1, 2, 9], "prompt_tokens": ["Once", " <upon>"],
-                     "reply_text": " The cat <script>alert(1)</script>\n", "reply_tokens": [" The", " cat", " <script>alert(1)</script>", "\n"]},
+                     "reply_text": " The cat <script>alert(1)</script>\n",
+                     "reply_tokens": [" The", " cat", " <script>alert(1)</script>", "\n"]},
          "kl_next_token": kl, "steered_loglik_clean": -4.25, "clean_loglik": -1.5}
     d.update(overrides)
     return d

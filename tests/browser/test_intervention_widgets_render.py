@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from test_feature_widgets import SyntheticStats
-from test_intervention_widgets import ACTS, DELTA, TOKENS, TRAITS, Recorder, both, comparison
+from test_intervention_widgets import ACTS, DELTA, TRAITS, Recorder, both
 
 from workbench.widgets import AblationView, PromptHeatmap, SteeringPanel, Transcript
 

@@ -52,7 +52,9 @@ _MONO = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
 
 # Inline twins of the rules in widgets/ablation_view.css (a test checks that they agree).
 _STYLES = {
-    ".wi-ablation": "font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; font-size: 13px; line-height: 1.45",
+    ".wi-ablation": (
+        "font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; font-size: 13px; line-height: 1.45"
+    ),
     ".wi-head": "display: flex; flex-wrap: wrap; align-items: baseline; justify-content: space-between; gap: 4px 16px",
     ".wi-head > b": "font-size: 15px; font-weight: 650",
     ".wi-head > span": "font-size: 12px; opacity: 0.7",

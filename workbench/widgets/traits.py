@@ -231,7 +231,8 @@ def detail_html(card: Any, feature: int, title: str, detail: str, *, inline: boo
         body = _tag("div", html.escape(f"Could not get feature {feature}'s card: {type(card).__name__}: {card}"), inline,
                     "wi-empty")
     elif card is None:
-        body = _tag("div", f"No card for feature {feature}: pass cards={{feature: stats.card(feature)}} or cards=stats.card.",
+        body = _tag("div", f"No card for feature {feature}: pass cards={{feature: stats.card(feature)}} or "
+                    "cards=stats.card.",
                     inline, "wi-empty")
     elif detail == "examples":
         body = _tag("div", html.escape(f"top activations of feature {feature}"), inline, "wf-sec") + _top_examples_html(
@@ -429,14 +430,16 @@ def prompt_heatmap_html(tokens: list[str], rows: list[dict], title: str, *, inli
                           title="a first-order (gradient) estimate, not a measured effect")
         label += _tag("span", f"full colour at ±{_fmt_value(vmax)}", inline, rule=".wi-plabel > span")
         spans = "".join(
-            _tag("span", html.escape(display_token(tok)), inline, rule=".wi-ptoks > span" if diverging_background(v, vmax) else "",
+            _tag("span", html.escape(display_token(tok)), inline,
+                 rule=".wi-ptoks > span" if diverging_background(v, vmax) else "",
                  style=diverging_background(v, vmax), data_i=str(i),
                  title=f"{json.dumps(tok, ensure_ascii=False)} (position {i}): {_signed3(v)}"
                  + (" (estimate)" if row["estimate"] else ""))
             for i, (tok, v) in enumerate(zip(tokens, values)))
         parts.append(_tag("div", _tag("div", label, inline, "wi-plabel") + _tag("div", spans, inline, "wi-ptoks"), inline,
                           "wi-prow"))
-    key = "blue: above 0 · red: below 0 · opacity ∝ |value|, strongest at the row's largest |value| · hover a token for its value"
+    key = ("blue: above 0 · red: below 0 · opacity ∝ |value|, strongest at the row's largest |value| · "
+           "hover a token for its value")
     parts.append(_tag("div", html.escape(key), inline, "wi-pkey"))
     return _tag("div", "".join(parts), inline, "wi-pheat")
 
