@@ -233,7 +233,7 @@ def test_steering_promotes_its_token_on_the_embedded_model():
     assert steered.reply_ids.count(cat) > clean.reply_ids.count(cat)
     assert comparison.kl_next_token > 0
 
-    sampled = [generate(model, prompt, splices=[splice], max_new_tokens=8, temperature=0.8, seed=1) for _ in range(2)]
+    sampled = [generate(model, prompt, splices=[splice], max_new_tokens=5, temperature=0.8, seed=1) for _ in range(2)]
     assert sampled[0] == sampled[1]
     print(f"p(' cat' | prompt): clean {p_clean:.4f}, steered {p_steered:.4f}; clean {clean.reply_text!r}; "
           f"steered {steered.reply_text!r}; sampled {sampled[0].reply_text!r}; KL {comparison.kl_next_token:.3f}, "

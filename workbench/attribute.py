@@ -9,8 +9,8 @@ activation over a reply, with the model reading prompt + reply:
   token, one forward and one backward pass for all tokens. It is exact for a function linear in
   the embedding and can be far off otherwise (a ReLU that switches off, attention that moves).
   In pre-norm models it is a weak estimate by construction: ``grad . e`` is the derivative along
-  ``e``'s own scale, and block 0's attention and MLP read ``RMSNorm(e)``, which does not change
-  with that scale, so only the residual path is seen. On SmolLM2-135M (the quickstart's TopK SAE
+  ``e``'s own scale, and block 0's attention and MLP read ``RMSNorm(e)``, which changes with that
+  scale only through the norm's epsilon, so little more than the residual path is seen. On SmolLM2-135M (the quickstart's TopK SAE
   at ``blocks.15.hook_mlp_out``, a 37-token chat prompt) its correlation with occlusion was 0.05.
 
 "The embedding" is the residual stream entering block 0, ``blocks.0.hook_resid_pre``: the token
