@@ -4,12 +4,13 @@ On one 128-token text of the embedded corpus's held-out split, times
 :func:`workbench.ablation.feature_ablation` for one feature and for eight at once, both
 methods, against one plain forward pass of the Hugging Face model (``model.hf(ids)``, no
 nnsight); runs alternate so that machine noise hits all alike, and the median of ``--repeats``
-runs is reported. The features are the text's most active ones (by total activation). The
+runs is reported, in wall-clock seconds and in the process's CPU seconds (which other jobs on a
+shared machine disturb less; with ``--threads 1`` it counts the work itself). The features are the text's most active ones (by total activation). The
 acceptance: one feature, method "full", costs at most 2 forward passes. Also checks the
 "full" result for the first feature against a brute-force forward with a plain transformers
 hook. Prints a table, then one JSON line.
 
-    python bench/ablation_view.py [--sae /tmp/freshD/build/01_quickstart/sae_0] [--repeats 9] [--device cpu]
+    python bench/ablation_view.py [--sae /tmp/freshD/build/01_quickstart/sae_0] [--repeats 9] [--threads N] [--device cpu]
 
 Without ``--sae`` it takes the quickstart's SAE at the path above if it exists, else a randomly
 initialised TopK SAE of the same shape at blocks.15.hook_mlp_out (the timings depend on the
@@ -71,8 +72,11 @@ def main() -> None:
     parser.add_argument("--ctx-len", type=int, default=128)
     parser.add_argument("--features", type=int, default=8, help="how many features for the multi-feature timing")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = load_model(args.model, device=args.device)
     sae_path = Path(args.sae) if args.sae else (QUICKSTART_SAE if QUICKSTART_SAE.exists() else None)
@@ -100,18 +104,21 @@ def main() -> None:
         f"full_{args.features}": lambda: feature_ablation(model, sae, ids, top),
         f"direct_{args.features}": lambda: feature_ablation(model, sae, ids, top, method="direct"),
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    times = {clock: {name: [] for name in runs} for clock in clocks}
     with torch.inference_mode():
         for run in runs.values():  # warm-up
             run()
         for _ in range(args.repeats):
             for name, run in runs.items():
                 sync()
-                start = time.perf_counter()
+                start = {clock: now() for clock, now in clocks.items()}
                 run()
                 sync()
-                times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in times.items()}
+                for clock, now in clocks.items():
+                    times[clock][name].append(now() - start[clock])
+    medians = {clock: {name: statistics.median(v) for name, v in by_run.items()} for clock, by_run in times.items()}
+    median = medians["wall"]
 
     full = feature_ablation(model, sae, ids, top[:1])
     brute = brute_force_delta(model, sae, hookpoint, ids, top[0]).cpu()
@@ -119,10 +126,12 @@ def main() -> None:
 
     print(f"model {args.model} on {args.device}, SAE {source} at {hookpoint} (d_sae {sae.cfg.d_sae}), "
           f"{len(ids)} tokens, median of {args.repeats} runs (threads: {torch.get_num_threads()})")
-    print(f"{'run':<12} {'median s':>9} {'x forward':>10}   all runs (s)")
+    print(f"{'run':<12} {'wall s':>8} {'x forward':>10} {'cpu s':>8} {'x forward':>10}   wall-clock runs (s)")
+    cpu = medians["cpu"]
     for name, value in median.items():
-        runs_s = " ".join(f"{t:.3f}" for t in times[name])
-        print(f"{name:<12} {value:>9.4f} {value / median['forward']:>10.2f}   {runs_s}")
+        runs_s = " ".join(f"{t:.3f}" for t in times["wall"][name])
+        print(f"{name:<12} {value:>8.4f} {value / median['forward']:>10.2f} {cpu[name]:>8.4f} "
+              f"{cpu[name] / cpu['forward']:>10.2f}   {runs_s}")
     print(f"features: {top}; full_1 vs brute force (plain transformers hook): max |delta diff| = {max_diff:.2e}, "
           f"max |delta| = {brute.abs().max().item():.3f}")
     result = {
@@ -130,9 +139,11 @@ def main() -> None:
         "tokens": len(ids),
         "sae": source,
         "hookpoint": hookpoint,
+        "threads": torch.get_num_threads(),
         "forward_s": median["forward"],
         **{f"{name}_s": value for name, value in median.items() if name != "forward"},
         **{f"{name}_ratio": value / median["forward"] for name, value in median.items() if name != "forward"},
+        **{f"{name}_cpu_ratio": value / cpu["forward"] for name, value in cpu.items() if name != "forward"},
         "full_1_vs_brute_force_max_abs_diff": max_diff,
         "acceptance_full_1_at_most_2_forwards": median["full_1"] <= 2 * median["forward"],
     }

@@ -104,6 +104,8 @@ def test_each_edit_sets_the_activations_it_names(llama_tiny):
     out = edited(Patch(other[:1], features=[7], positions=torch.arange(10) >= 5))
     assert torch.equal(out[:, 5:, 7], other[:1, 5:, 7].expand(2, -1)) and torch.equal(out[:, :5], acts[:, :5])
     assert torch.equal(edited(Patch(other)), other)
+    out = edited(Ablate(4, positions=[True] * 5 + [False] * 5))  # a list of bools is a mask
+    assert (out[:, :5, 4] == 0).all() and torch.equal(out[:, 5:], acts[:, 5:])
     out = edited(Ablate([2, 6]), Steer(2, 1.5))  # edits compose in order
     assert (out[..., 2] == 1.5).all() and (out[..., 6] == 0).all()
 
