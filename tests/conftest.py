@@ -182,6 +182,24 @@ def features_notebook(tmp_path_factory) -> ExecutedNotebook:
     return ExecutedNotebook(folder / "02_features.ipynb", json.loads(results.read_text()))
 
 
+INTERVENTIONS_SMALL = dict(train_tokens=3000, ctx_len=64, d_sae=256, k=8, epochs=2, n_ablation_features=2,
+                           n_steer_candidates=3, max_new_tokens=5, chat_prompts=["Name a colour."])
+"""Parameters that run notebooks/03_interventions.ipynb (training its own small SAE) in about a minute on CPU."""
+
+
+@pytest.fixture(scope="session")
+def interventions_notebook(tmp_path_factory) -> ExecutedNotebook:
+    """notebooks/03_interventions.ipynb executed once per session with :data:`INTERVENTIONS_SMALL`."""
+    from workbench.report import execute_notebook
+
+    folder = tmp_path_factory.mktemp("interventions")
+    results = folder / "results.json"
+    execute_notebook(NOTEBOOKS / "03_interventions.ipynb", folder / "03_interventions.ipynb",
+                     {"run_dir": str(folder / "run"), "out_dir": str(folder / "out"), "results_path": str(results),
+                      **INTERVENTIONS_SMALL}, cwd=folder)
+    return ExecutedNotebook(folder / "03_interventions.ipynb", json.loads(results.read_text()))
+
+
 # ---- headless Chromium for tests/browser: skipped where missing, except in CI (CI set), where they
 # fail, since .ci/run installs Chromium from the Debian packages and a skip would hide a broken set-up.
 

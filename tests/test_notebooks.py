@@ -127,3 +127,35 @@ def test_features_notebook_executed_copy_reads_as_a_report(features_notebook):
     assert len(cards) == 2 + 1 + 3  # the cards at spread-out densities, the browser's selected card, sae/neuron/pca
     assert all(WIDGET_VIEW in o["data"] for o in cards)  # live in a kernel, static HTML in the export
     assert "widgets" not in json.loads(executed)["metadata"]
+
+
+@pytest.mark.slow
+def test_interventions_notebook_reports_ablation_steering_traits_and_attribution(interventions_notebook):
+    results = interventions_notebook.results
+    ablation = results["ablation"]
+    assert len(ablation["features"]) == 2 and ablation["tokens"] > 10
+    for figures in ablation["per_feature"].values():
+        assert figures["max_activation"] > 0 and figures["max_abs_delta_full"] >= 0
+    steering = results["steering"]
+    assert steering["reproducible"] and len(results["steering_candidates"]) == 3
+    gains = results["steering_candidates"]  # the chosen feature is the candidate that raises its word the most
+    assert max(gains, key=gains.get) == str(steering["feature"])
+    assert steering["p_promoted_steered"] / steering["p_promoted_clean"] == pytest.approx(max(gains.values()), rel=1e-4)
+    assert steering["kl_next_token"] >= 0 and steering["steered"]["reply_text"] and steering["clean"]["reply_text"]
+    (turn,) = results["traits"]
+    assert turn["reply"] and 0 < len(turn["traits"]) <= 8
+    totals = [t[1] for t in turn["traits"]]
+    assert totals == sorted(totals, reverse=True) and all(t[3] is None or t[3] > 0 for t in turn["traits"])
+    attribution = results["prompt_attribution"]
+    assert len(attribution["tokens"]) == len(attribution["occlusion"]) == len(attribution["gradient_x_input"])
+    assert set(results["feature_diff"]) >= {"only_a", "only_b", "both"}
+
+
+@pytest.mark.slow
+def test_interventions_notebook_executed_copy_reads_as_a_report(interventions_notebook):
+    executed = interventions_notebook.path.read_text()
+    assert len(executed) < 1_000_000, f"the executed notebook is {len(executed):,} bytes"
+    html = "".join("".join(o.get("data", {}).get("text/html", "")) for o in outputs(interventions_notebook.path))
+    for marker in ("wi-ablation", "wi-steer", "wi-scols", "estimate"):  # ablation view, steering, prompt attribution
+        assert marker.lower() in html.lower(), marker
+    assert "widgets" not in json.loads(executed)["metadata"]
