@@ -169,17 +169,22 @@ FEATURES_SMALL = dict(train_tokens=3000, ctx_len=64, d_sae=256, k=8, epochs=2, n
 """Parameters that run notebooks/02_features.ipynb (training its own small SAE) in under a minute on CPU."""
 
 
+def _run_notebook(tmp_path_factory, name: str, parameters: dict) -> ExecutedNotebook:
+    """``notebooks/{name}.ipynb`` executed in a fresh folder, training its own SAE under ``run/``."""
+    from workbench.report import execute_notebook
+
+    folder = tmp_path_factory.mktemp(name)
+    results = folder / "results.json"
+    execute_notebook(NOTEBOOKS / f"{name}.ipynb", folder / f"{name}.ipynb",
+                     {"run_dir": str(folder / "run"), "out_dir": str(folder / "out"), "results_path": str(results),
+                      **parameters}, cwd=folder)
+    return ExecutedNotebook(folder / f"{name}.ipynb", json.loads(results.read_text()))
+
+
 @pytest.fixture(scope="session")
 def features_notebook(tmp_path_factory) -> ExecutedNotebook:
     """notebooks/02_features.ipynb executed once per session with :data:`FEATURES_SMALL`."""
-    from workbench.report import execute_notebook
-
-    folder = tmp_path_factory.mktemp("features")
-    results = folder / "results.json"
-    execute_notebook(NOTEBOOKS / "02_features.ipynb", folder / "02_features.ipynb",
-                     {"run_dir": str(folder / "run"), "out_dir": str(folder / "out"), "results_path": str(results),
-                      **FEATURES_SMALL}, cwd=folder)
-    return ExecutedNotebook(folder / "02_features.ipynb", json.loads(results.read_text()))
+    return _run_notebook(tmp_path_factory, "02_features", FEATURES_SMALL)
 
 
 INTERVENTIONS_SMALL = dict(train_tokens=3000, ctx_len=64, d_sae=256, k=8, epochs=2, n_ablation_features=2,
@@ -190,14 +195,7 @@ INTERVENTIONS_SMALL = dict(train_tokens=3000, ctx_len=64, d_sae=256, k=8, epochs
 @pytest.fixture(scope="session")
 def interventions_notebook(tmp_path_factory) -> ExecutedNotebook:
     """notebooks/03_interventions.ipynb executed once per session with :data:`INTERVENTIONS_SMALL`."""
-    from workbench.report import execute_notebook
-
-    folder = tmp_path_factory.mktemp("interventions")
-    results = folder / "results.json"
-    execute_notebook(NOTEBOOKS / "03_interventions.ipynb", folder / "03_interventions.ipynb",
-                     {"run_dir": str(folder / "run"), "out_dir": str(folder / "out"), "results_path": str(results),
-                      **INTERVENTIONS_SMALL}, cwd=folder)
-    return ExecutedNotebook(folder / "03_interventions.ipynb", json.loads(results.read_text()))
+    return _run_notebook(tmp_path_factory, "03_interventions", INTERVENTIONS_SMALL)
 
 
 # ---- headless Chromium for tests/browser: skipped where missing, except in CI (CI set), where they

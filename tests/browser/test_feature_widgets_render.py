@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from fake_widget_model import FAKE_MODEL
 from test_feature_widgets import TEXT, SyntheticStats, tiny_card
 
 from workbench.widgets import FeatureBrowser, FeatureCard
@@ -34,25 +35,7 @@ import browserWidget from "./browser.js";
 const STATE = __STATE__;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function fakeModel(state) {
-  const handlers = new Map();
-  const model = {
-    saves: 0,
-    get: (key) => state[key],
-    on(event, callback) {
-      if (!handlers.has(event)) handlers.set(event, new Set());
-      handlers.get(event).add(callback);
-    },
-    off(event, callback) { handlers.get(event)?.delete(callback); },
-    set(key, value) {
-      state[key] = value;
-      for (const callback of handlers.get(`change:${key}`) ?? []) callback();
-    },
-    save_changes() { model.saves += 1; },
-    listeners: () => [...handlers.values()].reduce((n, s) => n + s.size, 0),
-  };
-  return model;
-}
+__FAKE_MODEL__
 
 const over = (node, type = "mouseover") => node.dispatchEvent(new MouseEvent(type, { bubbles: true }));
 const out = { errors: [] };
@@ -183,7 +166,7 @@ def rendered(chromium, tmp_path_factory) -> dict:
     }
     (folder / "card.js").write_text(card._esm, encoding="utf-8")
     (folder / "browser.js").write_text(browser._esm, encoding="utf-8")
-    page = PAGE.replace("__CSS__", browser._css).replace("__STATE__", json.dumps(state).replace("</", "<\\/"))
+    page = PAGE.replace("__FAKE_MODEL__", FAKE_MODEL).replace("__CSS__", browser._css).replace("__STATE__", json.dumps(state).replace("</", "<\\/"))
     (folder / "index.html").write_text(page, encoding="utf-8")
     handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -22,34 +22,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from fake_widget_model import FAKE_MODEL
 from test_feature_widgets import SyntheticStats
 from test_intervention_widgets import ACTS, DELTA, TRAITS, Recorder, both
 
 from workbench.widgets import AblationView, PromptHeatmap, SteeringPanel, Transcript
 
 WIDTH = 1100
-
-FAKE_MODEL = """
-function fakeModel(state) {
-  const handlers = new Map();
-  const model = {
-    saves: 0,
-    get: (key) => state[key],
-    on(event, callback) {
-      if (!handlers.has(event)) handlers.set(event, new Set());
-      handlers.get(event).add(callback);
-    },
-    off(event, callback) { handlers.get(event)?.delete(callback); },
-    set(key, value) {
-      state[key] = value;
-      for (const callback of handlers.get(`change:${key}`) ?? []) callback();
-    },
-    save_changes() { model.saves += 1; },
-    listeners: () => [...handlers.values()].reduce((n, s) => n + s.size, 0),
-  };
-  return model;
-}
-"""
 
 MEASURE = """
 const px = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top + scrollY, r.width, r.height].map(Math.round); };

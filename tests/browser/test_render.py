@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from fake_widget_model import FAKE_MODEL
 
 from workbench.widgets import FeatureContexts, TokenHeatmap
 from workbench.widgets._frontend import FRONTEND
@@ -40,22 +41,7 @@ const STYLE_KEYS = [
   "overflow-x",
 ];
 
-function fakeModel(state) {
-  const handlers = new Map();
-  return {
-    get: (key) => state[key],
-    on(event, callback) {
-      if (!handlers.has(event)) handlers.set(event, new Set());
-      handlers.get(event).add(callback);
-    },
-    off(event, callback) { handlers.get(event)?.delete(callback); },
-    set(key, value) {
-      state[key] = value;
-      for (const callback of handlers.get(`change:${key}`) ?? []) callback();
-    },
-    listeners: () => [...handlers.values()].reduce((n, s) => n + s.size, 0),
-  };
-}
+__FAKE_MODEL__
 
 function describe(root) {
   const origin = root.getBoundingClientRect();
@@ -180,7 +166,7 @@ def rendered(chromium, tmp_path_factory) -> dict[str, dict]:
     for name in ("token_heatmap.js", "token_heatmap.css"):
         shutil.copy(FRONTEND / name, folder / name)
     cases = json.dumps(list(CASES.values())).replace("</", "<\\/")
-    (folder / "index.html").write_text(PAGE.replace("__CASES__", cases), encoding="utf-8")
+    (folder / "index.html").write_text(PAGE.replace("__FAKE_MODEL__", FAKE_MODEL).replace("__CASES__", cases), encoding="utf-8")
     run = _serve_and_dump(chromium, folder)
     found = re.search(r'<pre id="result">(.*?)</pre>', run.stdout, re.S)
     assert found, f"no result in the dumped DOM; chromium stderr:\n{run.stderr[-3000:]}"
