@@ -3,7 +3,9 @@
 The pipeline, one module per step::
 
     models/hookpoints -> data -> capture -> store -> sae -> train -> metrics/evaluate
-    features (statistics) -> widgets (views) -> notebooks (stories)
+    dictionaries -> features (statistics), logit_effects -> site, neuronpedia (exports)
+    intervene (SAE splices, error term kept) -> ablation, steer, attribute
+    widgets (views) -> notebooks (stories)
 
 Importing the package loads nothing heavy; the names below are imported on first use.
 """
