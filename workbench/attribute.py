@@ -28,10 +28,10 @@ that splice's ``edited`` activations' gradient.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from workbench.intervene import Ablate, Splice, run_with_saes
@@ -39,10 +39,24 @@ from workbench.sae import EncoderOutput
 from workbench.steer import Prompt, feature_acts, prompt_token_ids, sae_hookpoint
 
 if TYPE_CHECKING:
+    from workbench.dictionaries import Dictionary
     from workbench.models import Model
     from workbench.sae import SAE
 
-__all__ = ["FeatureDiff", "PromptAttribution", "feature_diff", "prompt_attribution"]
+__all__ = [
+    "Basis",
+    "Counterfactual",
+    "FeatureDiff",
+    "PatchResult",
+    "PromptAttribution",
+    "counterfactual_patch",
+    "counterfactual_patches",
+    "dictionary_basis",
+    "dictionary_directions",
+    "feature_diff",
+    "prepare_counterfactual",
+    "prompt_attribution",
+]
 
 EMBEDDING = "blocks.0.hook_resid_pre"
 """The hook point whose value at a prompt token counts as that token's embedding."""
@@ -187,3 +201,216 @@ def feature_diff(model: Model, sae: SAE, prompt_a: Prompt, prompt_b: Prompt, *, 
         only_b=[(f, float(b[f])) for f in ranked(b, (b > 0) & (a == 0))],
         both=[(f, float(a[f]), float(b[f])) for f in ranked(a + b, (a > 0) & (b > 0))],
     )
+
+
+# ---- counterfactual patching over a dictionary (Cunningham et al. 2024, section 4) -------------
+class Basis(NamedTuple):
+    """A dictionary's coefficients at a hook point: ``x = offset + c @ directions + rest``.
+
+    Direction ``j < n_features`` is the dictionary's; the last one, index ``n_features``, is the
+    *rest node*: ``rest`` as a whole, patched like a direction with coefficient 1 (an SAE's error
+    term ``x - decode(c)``, Marks et al.'s error node; for a linear dictionary the part of
+    ``x - mean`` its directions do not span; zero for the standard basis). Patching every
+    direction and the rest node therefore maps the clean ``x`` to the counterfactual's exactly.
+    """
+
+    coefficients: Float[Tensor, "batch seq n_features"]
+    """``c``, float32."""
+    rest: Float[Tensor, "batch seq d"]
+    """What the coefficients do not explain, float32."""
+
+
+def dictionary_directions(dictionary: Dictionary | None, d: int) -> Float[Tensor, "n_features d"] | None:
+    """The patching directions ``d_j`` of ``dictionary`` in its hook point's basis (float32, CPU);
+    None for the standard basis (neurons, or ``dictionary=None``), which is never materialised.
+
+    * SAE: the ``W_dec`` rows;
+    * PCA, ICA, random (``both_signs=False`` only): the rows of ``pinv(encoder).T``. With
+      ``c = (x - mean) @ encoder.T`` this makes ``c @ directions`` the projection of ``x - mean``
+      onto the encoder's row space (the whole of it when the encoder spans ``d``, e.g. an
+      overcomplete random dictionary), so patching every direction moves ``x`` to ``x-bar`` up to
+      the rest node. For orthonormal PCA components it is the components themselves; for ICA it
+      equals the stored unit mixing directions scaled by the component scales (the encoder's
+      right inverse in the same span).
+    """
+    from workbench.dictionaries import NeuronDictionary, SAEDictionary, _Linear
+
+    if dictionary is None or isinstance(dictionary, NeuronDictionary):
+        if isinstance(dictionary, NeuronDictionary) and dictionary.both_signs:
+            raise ValueError("counterfactual patching needs signed coefficients: build the NeuronDictionary "
+                             "with both_signs=False")
+        return None
+    if isinstance(dictionary, SAEDictionary):
+        return dictionary.sae.W_dec.detach().float().cpu()
+    if isinstance(dictionary, _Linear):
+        if dictionary.both_signs:
+            raise ValueError(f"counterfactual patching needs signed coefficients: fit the {dictionary.kind} "
+                             "dictionary with both_signs=False")
+        return torch.linalg.pinv(dictionary.encoder.double().cpu()).T.float().contiguous()
+    raise TypeError(f"no patching basis for a {type(dictionary).__name__}; pass an SAE, neuron, PCA, ICA or "
+                    "random dictionary, or None for the hook point's standard basis")
+
+
+def dictionary_basis(dictionary: Dictionary | None, x: Float[Tensor, "batch seq d"],
+                     directions: Tensor | None) -> Basis:
+    """``x``'s coefficients and rest in ``dictionary`` (see :class:`Basis`); ``directions`` from
+    :func:`dictionary_directions`."""
+    from workbench.dictionaries import SAEDictionary
+
+    x = x.float()
+    if directions is None:
+        return Basis(x, torch.zeros_like(x))
+    if isinstance(dictionary, SAEDictionary):
+        sae = dictionary.sae
+        acts = sae.encode(x.to(sae.W_enc.device, sae.W_enc.dtype)).feature_acts
+        rest = x - sae.decode(acts).float().to(x.device)
+        return Basis(acts.float().to(x.device), rest)
+    centred = x - dictionary.mean.to(x.device)
+    c = centred @ dictionary.encoder.to(x.device).T
+    return Basis(c, centred - c @ directions.to(x.device))
+
+
+@dataclass
+class Counterfactual:
+    """Clean and counterfactual runs at one hook point, prepared once for many patches
+    (:func:`prepare_counterfactual`). Tensors are ``[n, seq, ...]`` on the model's device."""
+
+    model: Model
+    hookpoint: str
+    layer: int
+    """The hook point's block, where patched forward passes restart."""
+    clean_ids: Int[Tensor, "n seq"]
+    residual: Float[Tensor, "n seq d_model"]
+    """The clean stream entering block :attr:`layer`."""
+    directions: Float[Tensor, "n_features d"] | None
+    """Patching directions (None: the standard basis)."""
+    delta_c: Float[Tensor, "n seq n_features"]
+    """``c-bar - c`` at every position."""
+    delta_rest: Float[Tensor, "n seq d"]
+    """``rest-bar - rest``: what patching the rest node adds."""
+    cf_logprobs: Float[Tensor, "n vocab"]
+    """Counterfactual next-token log-probabilities at the final position."""
+    clean_kl: Float[Tensor, " n"]
+    """KL(counterfactual || clean) at the final position."""
+
+    @property
+    def n_directions(self) -> int:
+        """Dictionary directions plus the rest node (the last index)."""
+        return self.delta_c.shape[-1] + 1
+
+    def active(self) -> Int[Tensor, " k"]:
+        """Directions whose coefficient differs on some prompt and position (the rest node included
+        when it is non-zero): the only ones whose patching changes anything."""
+        moved = self.delta_c.ne(0).flatten(0, 1).any(0)
+        rest = self.delta_rest.ne(0).any().reshape(1)
+        return torch.nonzero(torch.cat([moved, rest])).flatten().cpu()
+
+    def delta(self, masks: Bool[Tensor, "k n_directions"] | Float[Tensor, "k n_directions"]
+              ) -> Float[Tensor, "k n seq d"]:
+        """``x' - x`` for each mask (weights in [0, 1] also work: a fraction of each edit)."""
+        masks = masks.to(self.delta_c.device, torch.float32)
+        weighted = self.delta_c[None] * masks[:, None, None, :-1]  # (k, n, T, m)
+        moved = weighted if self.directions is None else weighted @ self.directions.to(weighted.device)
+        return moved + masks[:, -1, None, None, None] * self.delta_rest[None]
+
+    def masks(self, patched: Tensor | list[int] | list[list[int]]) -> Bool[Tensor, "k n_directions"]:
+        """Bool masks ``[k, n_directions]`` from a mask, masks, an index list or index lists."""
+        if isinstance(patched, Tensor) and patched.dtype == torch.bool:
+            masks = patched.reshape(-1, patched.shape[-1])
+            if masks.shape[-1] != self.n_directions:
+                raise ValueError(f"a mask needs {self.n_directions} entries (directions + the rest node), "
+                                 f"got {masks.shape[-1]}")
+            return masks
+        lists = patched.tolist() if isinstance(patched, Tensor) else list(patched)
+        if not lists or not isinstance(lists[0], (list, tuple)):
+            lists = [lists]
+        masks = torch.zeros(len(lists), self.n_directions, dtype=torch.bool)
+        for row, index in enumerate(lists):
+            masks[row, torch.as_tensor(index, dtype=torch.long)] = True
+        return masks
+
+
+class PatchResult(NamedTuple):
+    """What :func:`counterfactual_patch` returns (one mask) or :func:`counterfactual_patches` (``k``
+    masks: a leading ``k`` axis on each field)."""
+
+    kl: Float[Tensor, "*k n"]
+    """KL(counterfactual || patched) of the next-token distribution at the final position."""
+    edit_size: Float[Tensor, "*k n"]
+    """``||x' - x||`` summed over positions."""
+    patched_logits: Float[Tensor, "*k n vocab"]
+    """The patched run's logits at the final position."""
+
+
+def _kl(cf_logprobs: Tensor, logits: Tensor) -> Tensor:
+    """KL(cf || softmax(logits)) over the last axis."""
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    return (cf_logprobs.exp() * (cf_logprobs - logq)).sum(-1)
+
+
+@torch.inference_mode()
+def prepare_counterfactual(model: Model, dictionary: Dictionary | None, hookpoint: str,
+                           clean_ids: Int[Tensor, "n seq"], cf_ids: Int[Tensor, "n seq"]) -> Counterfactual:
+    """One forward pass over clean and counterfactual prompts together: the stream entering the
+    hook point's block, both runs' coefficients in ``dictionary`` (None: the standard basis) and
+    the counterfactual's final-position distribution. Prompts must have equal lengths (no padding)."""
+    from workbench.intervene import activations_and_logits
+
+    if clean_ids.shape != cf_ids.shape or clean_ids.ndim != 2:
+        raise ValueError(f"clean and counterfactual ids must both be [n, seq], got {tuple(clean_ids.shape)} and "
+                         f"{tuple(cf_ids.shape)}")
+    layer = model.hookpoint(hookpoint).layer
+    resid = f"blocks.{layer}.hook_resid_pre"
+    n = clean_ids.shape[0]
+    saved, logits = activations_and_logits(model, torch.cat([clean_ids, cf_ids]), list(dict.fromkeys([hookpoint, resid])))
+    x = saved[hookpoint].float()
+    directions = dictionary_directions(dictionary, x.shape[-1])
+    basis = dictionary_basis(dictionary, x, directions)
+    cf_logprobs = torch.log_softmax(logits[n:, -1].float(), dim=-1)
+    return Counterfactual(
+        model=model, hookpoint=hookpoint, layer=layer, clean_ids=clean_ids.to(model.device),
+        residual=saved[resid][:n].clone(), directions=None if directions is None else directions.to(x.device),
+        delta_c=basis.coefficients[n:] - basis.coefficients[:n], delta_rest=basis.rest[n:] - basis.rest[:n],
+        cf_logprobs=cf_logprobs, clean_kl=_kl(cf_logprobs, logits[:n, -1]))
+
+
+@torch.inference_mode()
+def counterfactual_patches(counterfactual: Counterfactual, patched: Tensor | list, *, batch_size: int = 64
+                           ) -> PatchResult:
+    """Several candidate patches at once: ``patched`` is bool masks ``[k, n_directions]`` or ``k``
+    index lists; the result has a leading ``k`` axis. Each patched pass restarts at the hook
+    point's block (:func:`workbench.intervene.logits_from_block`), ``batch_size`` prompt-patch
+    pairs at a time."""
+    from workbench.intervene import logits_from_block
+
+    cf = counterfactual
+    masks = cf.masks(patched)
+    k, (n, seq) = masks.shape[0], cf.clean_ids.shape
+    per = max(1, batch_size // n)
+    kls, sizes, finals = [], [], []
+    for start in range(0, k, per):
+        delta = cf.delta(masks[start:start + per])  # (j, n, T, d)
+        j = delta.shape[0]
+        sizes.append(delta.norm(dim=-1).sum(-1).cpu())
+        flat = delta.flatten(0, 1)
+        logits = logits_from_block(cf.model, cf.clean_ids.repeat(j, 1), cf.layer, cf.residual.repeat(j, 1, 1),
+                                   {cf.hookpoint: lambda x, flat=flat: x + flat.to(x.dtype)})
+        final = logits[:, -1].float().reshape(j, n, -1)
+        finals.append(final.cpu())
+        kls.append(_kl(cf.cf_logprobs[None], final).cpu())
+    return PatchResult(torch.cat(kls), torch.cat(sizes), torch.cat(finals))
+
+
+def counterfactual_patch(model: Model, dictionary: Dictionary | None, hookpoint: str,
+                         clean_ids: Int[Tensor, "n seq"], cf_ids: Int[Tensor, "n seq"],
+                         patched: Bool[Tensor, " n_directions"] | list[int]) -> PatchResult:
+    """Patch the directions ``patched`` (a bool mask over the dictionary's directions and, last,
+    the rest node, or an index list) from the counterfactual run into the clean one at every
+    position: ``x' = x + sum_{j in F} (c-bar_j - c_j) d_j`` (see :class:`Basis`,
+    :func:`dictionary_directions`). For repeated patches of the same prompts, call
+    :func:`prepare_counterfactual` once and :func:`counterfactual_patches`."""
+    counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean_ids, cf_ids)
+    result = counterfactual_patches(counterfactual, patched)
+    if result.kl.shape[0] != 1:
+        raise ValueError("counterfactual_patch takes one mask or index list; use counterfactual_patches for several")
+    return PatchResult(*(field[0] for field in result))

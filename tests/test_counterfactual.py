@@ -1,0 +1,142 @@
+"""Counterfactual patching over a dictionary (workbench.attribute): patching every direction of
+any dictionary gives the counterfactual run, patching none leaves the clean one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.attribute import (
+    counterfactual_patch,
+    counterfactual_patches,
+    dictionary_basis,
+    dictionary_directions,
+    prepare_counterfactual,
+)
+from workbench.capture import capture
+from workbench.dictionaries import ICADictionary, NeuronDictionary, PCADictionary, RandomDictionary, SAEDictionary
+from workbench.intervene import activations_and_logits, logits_with
+from workbench.sae import SAE, SAEConfig
+
+RESID = "blocks.1.hook_resid_post"
+NEURONS = "blocks.1.mlp.hook_post"
+KINDS = ["sae", "pca", "ica", "random", "random_overcomplete", "neurons", "standard"]
+
+
+def reference_logits(model, hookpoint: str, clean: torch.Tensor, cf: torch.Tensor) -> torch.Tensor:
+    """Final-position logits of the clean run with the whole hook point taken from the counterfactual.
+
+    In the residual stream that is the counterfactual run itself. At ``mlp.hook_post`` only that
+    MLP's contribution changes (the stream beside it, attention's output included, stays clean),
+    so patching every neuron reproduces this run, not the counterfactual."""
+    saved, cf_logits = activations_and_logits(model, cf, [hookpoint])
+    if "hook_resid" in hookpoint:
+        return cf_logits[:, -1]
+    return logits_with(model, clean, {hookpoint: lambda x: saved[hookpoint].to(x.dtype)})[:, -1]
+
+
+def prompts(n: int = 4, seq: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts after BOS, and counterfactuals differing in one token (position 3)."""
+    generator = torch.Generator().manual_seed(7)
+    clean = torch.randint(3, 60, (n, seq), generator=generator)
+    clean[:, 0] = 0
+    cf = clean.clone()
+    cf[:, 3] = (clean[:, 3] - 3 + 17) % 57 + 3
+    return clean, cf
+
+
+@pytest.fixture(scope="module")
+def model_and_dictionaries(tmp_path_factory):
+    from tests.conftest import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    contexts = torch.randint(3, 60, (24, 10), generator=torch.Generator().manual_seed(3))
+    contexts[:, 0] = 0
+    store = capture(model, [RESID], contexts, tmp_path_factory.mktemp("store"), batch_size=8, progress=False)
+    sae = SAE.from_config(SAEConfig("relu", d_in=32, d_sae=64, hook_name=RESID))
+    dictionaries = {
+        "sae": (SAEDictionary(sae), RESID),
+        "pca": (PCADictionary.fit(store, n_components=8, progress=False), RESID),
+        "ica": (ICADictionary.fit(store, n_components=6, progress=False), RESID),
+        "random": (RandomDictionary(32, 10, seed=1, hookpoint=RESID).fit_mean(store, progress=False), RESID),
+        "random_overcomplete": (RandomDictionary(32, 50, seed=2, hookpoint=RESID), RESID),
+        "neurons": (NeuronDictionary.from_model(model, 1), NEURONS),
+        "standard": (None, RESID),
+    }
+    return model, dictionaries
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_patching_everything_gives_the_counterfactual_and_nothing_the_clean_run(model_and_dictionaries, kind):
+    model, dictionaries = model_and_dictionaries
+    dictionary, hookpoint = dictionaries[kind]
+    clean, cf = prompts()
+    cf_logits = logits_with(model, cf)[:, -1]
+    clean_logits = logits_with(model, clean)[:, -1]
+    reference = reference_logits(model, hookpoint, clean, cf)
+    counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean, cf)
+    everything = torch.ones(counterfactual.n_directions, dtype=torch.bool)
+
+    full = counterfactual_patch(model, dictionary, hookpoint, clean, cf, everything)
+    assert full.kl.shape == full.edit_size.shape == (4,)
+    kl_to_reference = torch.nn.functional.kl_div(full.patched_logits.log_softmax(-1), reference.log_softmax(-1),
+                                                 log_target=True, reduction="none").sum(-1)
+    assert kl_to_reference.max() <= 1e-5
+    torch.testing.assert_close(full.patched_logits, reference, atol=1e-4, rtol=1e-4)
+    if "hook_resid" in hookpoint:
+        assert full.kl.max() <= 1e-5
+
+    none = counterfactual_patch(model, dictionary, hookpoint, clean, cf, [])
+    expected = torch.nn.functional.kl_div(clean_logits.log_softmax(-1), cf_logits.log_softmax(-1), log_target=True,
+                                          reduction="none").sum(-1)
+    torch.testing.assert_close(none.kl, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(none.kl, counterfactual.clean_kl, atol=1e-6, rtol=1e-5)
+    assert none.edit_size.abs().max() == 0
+    assert expected.min() > 1e-4  # the counterfactual differs, so the two checks mean something
+
+
+@pytest.mark.parametrize("kind", ["sae", "pca", "neurons"])
+def test_batched_masks_equal_single_patches(model_and_dictionaries, kind):
+    model, dictionaries = model_and_dictionaries
+    dictionary, hookpoint = dictionaries[kind]
+    clean, cf = prompts()
+    counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean, cf)
+    active = counterfactual.active()
+    lists = [active[:1].tolist(), active[::2].tolist(), active.tolist(), []]
+    many = counterfactual_patches(counterfactual, lists, batch_size=8)  # two masks per batch of 4 prompts
+    assert many.kl.shape == (4, 4)
+    for row, index in enumerate(lists):
+        one = counterfactual_patch(model, dictionary, hookpoint, clean, cf, index)
+        torch.testing.assert_close(many.kl[row], one.kl, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(many.edit_size[row], one.edit_size)
+    masks = counterfactual.masks(lists)
+    torch.testing.assert_close(counterfactual_patches(counterfactual, masks).kl, many.kl)
+
+
+def test_edit_size_and_the_rest_node(model_and_dictionaries):
+    model, dictionaries = model_and_dictionaries
+    dictionary, hookpoint = dictionaries["pca"]
+    clean, cf = prompts()
+    counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean, cf)
+    n = counterfactual.n_directions
+    # positions before the changed token see the same prefix, so nothing moves there
+    assert counterfactual.delta_c[:, :3].abs().max() < 1e-4
+    features_only = torch.ones(n, dtype=torch.bool)
+    features_only[-1] = False
+    rest_only = ~features_only
+    a, b, both = counterfactual_patches(counterfactual, torch.stack([features_only, rest_only, ~torch.zeros(n, dtype=torch.bool)])).edit_size
+    # the rest node is orthogonal to the PCA span: the edits add in quadrature per position
+    delta = counterfactual.delta(torch.stack([features_only, rest_only]))
+    torch.testing.assert_close(delta[0].mul(delta[1]).sum(-1), torch.zeros(4, 8), atol=1e-4, rtol=0)
+    assert (both <= a + b + 1e-4).all() and (both >= a - 1e-4).all()
+    x = dictionary_basis(dictionary, torch.randn(2, 3, 32), dictionary_directions(dictionary, 32))
+    assert x.coefficients.shape == (2, 3, 8) and x.rest.shape == (2, 3, 32)
+
+
+def test_signed_coefficients_are_required(model_and_dictionaries):
+    model, _ = model_and_dictionaries
+    with pytest.raises(ValueError, match="both_signs=False"):
+        dictionary_directions(NeuronDictionary.from_model(model, 1, both_signs=True), 48)
+    with pytest.raises(ValueError, match="both_signs=False"):
+        dictionary_directions(RandomDictionary(32, 4, both_signs=True), 32)
