@@ -12,6 +12,7 @@ from workbench.attribute import (
     counterfactual_patches,
     dictionary_basis,
     dictionary_directions,
+    flat_acdc,
     prepare_counterfactual,
     single_direction_effects,
 )
@@ -168,3 +169,26 @@ def test_attribution_scores_follow_single_direction_effects(model_and_dictionari
     full = counterfactual_patches(counterfactual, torch.ones(1, counterfactual.n_directions, dtype=torch.bool)).kl
     total = float(full.mean() - counterfactual.clean_kl.mean())
     assert float(attribution_scores(counterfactual, steps=10).sum()) == pytest.approx(total, rel=0.05)
+
+
+@pytest.mark.parametrize("kind", ["pca", "sae"])
+def test_flat_acdc(model_and_dictionaries, kind):
+    model, dictionaries = model_and_dictionaries
+    dictionary, hookpoint = dictionaries[kind]
+    clean, cf = prompts()
+    counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean, cf)
+    clean_kl = float(counterfactual.clean_kl.mean())
+    taus = [clean_kl * t for t in (1e-3, 1e-2, 1e-1, 1.0)] + [float("inf")]
+    steps = flat_acdc(counterfactual, taus, seed=1, batch_size=64)
+    assert [s.tau for s in steps] == taus
+    assert all(a.n_patched >= b.n_patched for a, b in zip(steps, steps[1:]))
+    assert steps[0].n_patched <= len(counterfactual.active())
+    assert steps[-1].n_patched == 0 and steps[-1].kl == pytest.approx(clean_kl, rel=1e-5)
+    for step in steps:  # what each step reports is what its patch does
+        again = counterfactual_patches(counterfactual, [step.patched])
+        assert step.kl == pytest.approx(float(again.kl.mean()), rel=1e-5, abs=1e-9)
+        assert step.edit_size == pytest.approx(float(again.edit_size.mean()), rel=1e-5, abs=1e-9)
+        assert len(step.patched) == step.n_patched
+    # speculative batches give the one-at-a-time search's answer
+    one_at_a_time = flat_acdc(counterfactual, taus, seed=1, batch_size=1)
+    assert [s.patched for s in one_at_a_time] == [s.patched for s in steps]

@@ -49,12 +49,15 @@ __all__ = [
     "FeatureDiff",
     "PatchResult",
     "PromptAttribution",
+    "SearchStep",
     "attribution_scores",
     "counterfactual_patch",
     "counterfactual_patches",
+    "default_taus",
     "dictionary_basis",
     "dictionary_directions",
     "feature_diff",
+    "flat_acdc",
     "prepare_counterfactual",
     "prompt_attribution",
     "single_direction_effects",
@@ -480,3 +483,71 @@ def single_direction_effects(counterfactual: Counterfactual, directions: Tensor 
     masks[torch.arange(len(index)), index] = True
     kl = counterfactual_patches(cf, masks, batch_size=batch_size).kl  # (k, n)
     return kl.mean(1) - cf.clean_kl.mean().cpu()
+
+
+# ---- C24's search: ACDC on a flat graph ---------------------------------------------------------
+class SearchStep(NamedTuple):
+    """Where :func:`flat_acdc` stands after one threshold."""
+
+    tau: float
+    """The threshold: a direction was un-patched when the mean KL rose by less than this."""
+    n_patched: int
+    """Directions still patched (of the active ones; the rest node counts as one)."""
+    kl: float
+    """Mean KL(counterfactual || patched) over the prompts."""
+    edit_size: float
+    """Mean ``||x' - x||`` summed over positions."""
+    patched: list[int]
+    """The patched direction ids (``n_features`` is the rest node)."""
+
+
+def default_taus(counterfactual: Counterfactual, n: int = 9) -> list[float]:
+    """``n`` thresholds from ``1e-4`` to ``1`` times the mean KL(counterfactual || clean), log-spaced."""
+    scale = float(counterfactual.clean_kl.mean())
+    return [scale * 10 ** (-4 + 4 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *, seed: int = 0,
+              batch_size: int = 64) -> list[SearchStep]:
+    """Cunningham et al.'s search (ACDC on a flat graph): start with every active direction
+    (:meth:`Counterfactual.active`) patched; for each ``tau`` in ascending order
+    (:func:`default_taus` if None), visit the patched directions in a random order (seeded) and
+    un-patch one whenever the mean KL rises by less than ``tau``. Returns a step per ``tau``.
+
+    Directions that never move cannot change anything and are left out. Candidates are tried in
+    speculative batches of trial un-patches against the current state (``batch_size`` prompt x
+    trial pairs per pass, the batch growing while none is accepted): the first accepted one in
+    visit order is taken and the trials after it are evaluated again, so the result equals the
+    one-at-a-time search.
+    """
+    cf = counterfactual
+    taus = sorted(default_taus(cf) if taus is None else [float(t) for t in taus])
+    n_prompts = cf.clean_ids.shape[0]
+    largest = max(1, batch_size // n_prompts)
+    patched = torch.zeros(cf.n_directions, dtype=torch.bool)
+    patched[cf.active()] = True
+    current = float(counterfactual_patches(cf, patched[None], batch_size=batch_size).kl.mean())
+    generator = torch.Generator().manual_seed(seed)
+    steps, chunk = [], 1
+    for tau in taus:
+        candidates = torch.nonzero(patched).flatten()
+        order = candidates[torch.randperm(len(candidates), generator=generator)].tolist()
+        at = 0
+        while at < len(order):
+            trial = order[at:at + chunk]
+            masks = patched.repeat(len(trial), 1)
+            masks[torch.arange(len(trial)), trial] = False
+            kls = counterfactual_patches(cf, masks, batch_size=batch_size).kl.mean(1).tolist()
+            accepted = next((i for i, kl in enumerate(kls) if kl - current < tau), None)
+            if accepted is None:
+                at += len(trial)
+                chunk = min(2 * chunk, largest)
+                continue
+            patched[trial[accepted]] = False
+            current = kls[accepted]
+            at += accepted + 1
+            chunk = max(1, chunk // 2)
+        final = counterfactual_patches(cf, patched[None], batch_size=batch_size)
+        steps.append(SearchStep(tau, int(patched.sum()), float(final.kl.mean()), float(final.edit_size.mean()),
+                                torch.nonzero(patched).flatten().tolist()))
+    return steps
