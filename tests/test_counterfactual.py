@@ -23,6 +23,7 @@ from workbench.sae import SAE, SAEConfig
 
 RESID = "blocks.1.hook_resid_post"
 NEURONS = "blocks.1.mlp.hook_post"
+MLP_OUT = "blocks.1.hook_mlp_out"
 KINDS = ["sae", "pca", "ica", "random", "random_overcomplete", "neurons", "standard"]
 
 
@@ -128,7 +129,8 @@ def test_edit_size_and_the_rest_node(model_and_dictionaries):
     features_only = torch.ones(n, dtype=torch.bool)
     features_only[-1] = False
     rest_only = ~features_only
-    a, b, both = counterfactual_patches(counterfactual, torch.stack([features_only, rest_only, ~torch.zeros(n, dtype=torch.bool)])).edit_size
+    everything = torch.ones(n, dtype=torch.bool)
+    a, b, both = counterfactual_patches(counterfactual, torch.stack([features_only, rest_only, everything])).edit_size
     # the rest node is orthogonal to the PCA span: the edits add in quadrature per position
     delta = counterfactual.delta(torch.stack([features_only, rest_only]))
     torch.testing.assert_close(delta[0].mul(delta[1]).sum(-1), torch.zeros(4, 8), atol=1e-4, rtol=0)
@@ -192,3 +194,22 @@ def test_flat_acdc(model_and_dictionaries, kind):
     # speculative batches give the one-at-a-time search's answer
     one_at_a_time = flat_acdc(counterfactual, taus, seed=1, batch_size=1)
     assert [s.patched for s in one_at_a_time] == [s.patched for s in steps]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_other_families_and_an_sae_at_the_mlp_output(family):
+    from tests.conftest import tiny_model
+
+    model = tiny_model(family)
+    clean, cf = prompts()
+    d_mlp = model.hookpoint(NEURONS).width
+    cases = [(None, RESID), (NeuronDictionary.from_model(model, 1), NEURONS),
+             (SAEDictionary(SAE.from_config(SAEConfig("topk", d_in=32, d_sae=40, k=4, hook_name=MLP_OUT))), MLP_OUT),
+             (RandomDictionary(d_mlp, 12, seed=3, hookpoint=NEURONS), NEURONS)]
+    for dictionary, hookpoint in cases:
+        reference = reference_logits(model, hookpoint, clean, cf)
+        counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean, cf)
+        full = counterfactual_patches(counterfactual, torch.ones(1, counterfactual.n_directions, dtype=torch.bool))
+        torch.testing.assert_close(full.patched_logits[0], reference, atol=1e-4, rtol=1e-4)
+        none = counterfactual_patches(counterfactual, [[]])
+        torch.testing.assert_close(none.kl[0], counterfactual.clean_kl.cpu(), atol=1e-6, rtol=1e-5)

@@ -23,6 +23,26 @@ as a dictionary of its own coordinates (:class:`_Coordinates`), so zeroing a tok
 that splice's ``edited`` activations' gradient.
 
 :func:`feature_diff` compares the features two prompts evoke.
+
+**Counterfactual patching over a dictionary** (Cunningham et al. 2024, section 4; Marks et al.,
+"Sparse Feature Circuits"). At a hook point, with clean coefficients ``c`` and counterfactual
+ones ``c-bar`` at every position, patching the directions ``F`` gives
+``x' = x + sum_{j in F} (c-bar_j - c_j) d_j``; the metric is KL(counterfactual || patched) of the
+next-token distribution at the final position, and the edit size ``||x' - x||`` summed over
+positions (in the hook point's own basis: neurons at ``mlp.hook_post`` are measured there).
+Every dictionary has one more node, last, the *rest* (an SAE's error term, what a linear
+dictionary's directions do not span; see :class:`Basis`), so that patching everything gives
+the counterfactual's activation exactly. At a residual-stream hook point that is the
+counterfactual run; at ``mlp.hook_post`` or ``hook_mlp_out`` it is the clean run with that MLP's
+output from the counterfactual (attention beside it stays clean).
+
+* :func:`prepare_counterfactual` runs clean and counterfactual prompts once; each patched pass
+  (:func:`counterfactual_patches`, many masks at once) restarts at the hook point's block
+  (:func:`workbench.intervene.logits_from_block`); :func:`counterfactual_patch` does both for
+  one mask;
+* :func:`attribution_scores`: attribution patching (``steps=1``) and integrated gradients, an
+  estimate per direction; :func:`single_direction_effects` measures what they estimate;
+* :func:`flat_acdc`: C24's search, (number patched, KL, edit size) per threshold.
 """
 
 from __future__ import annotations
@@ -367,7 +387,8 @@ def prepare_counterfactual(model: Model, dictionary: Dictionary | None, hookpoin
     layer = model.hookpoint(hookpoint).layer
     resid = f"blocks.{layer}.hook_resid_pre"
     n = clean_ids.shape[0]
-    saved, logits = activations_and_logits(model, torch.cat([clean_ids, cf_ids]), list(dict.fromkeys([hookpoint, resid])))
+    names = list(dict.fromkeys([hookpoint, resid]))
+    saved, logits = activations_and_logits(model, torch.cat([clean_ids, cf_ids]), names)
     x = saved[hookpoint].float()
     directions = dictionary_directions(dictionary, x.shape[-1])
     basis = dictionary_basis(dictionary, x, directions)
