@@ -167,14 +167,14 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
 def single_token_words(tokenizer: Any, words: Sequence[str]) -> list[str]:
     """The ``words`` that are one token with a leading space (``" " + word``) in ``tokenizer``.
 
-    The tokenizer's unknown token does not count, and of words sharing a token only the first
-    is kept, so the words kept have distinct token ids. Order is preserved.
+    The token must decode back to the word (so an unknown-word token does not count), and of
+    words sharing a token only the first is kept, so the words kept have distinct token ids.
+    Order is preserved.
     """
-    unk = getattr(tokenizer, "unk_token_id", None)
     kept, seen = [], set()
     for word in words:
         ids = _token_ids(tokenizer, " " + word)
-        if len(ids) == 1 and ids[0] != unk and ids[0] not in seen:
+        if len(ids) == 1 and ids[0] not in seen and tokenizer.decode(ids).strip() == word.strip():
             kept.append(word)
             seen.add(ids[0])
     return kept
