@@ -75,6 +75,16 @@ def test_prompt_fields_and_counterfactuals():
         assert p.ids("counterfactual") == p.counterfactual.input_ids and p.ids("abc") == p.abc.input_ids
 
 
+def test_sampled_rather_than_enumerated_prompts(monkeypatch):
+    """Templates with many distinct prompts (the real names) are drawn at random, not enumerated."""
+    import workbench.ioi
+
+    monkeypatch.setattr(workbench.ioi, "_ENUMERATE_BELOW", 0)
+    prompts = tiny_prompts(200)
+    assert prompts == tiny_prompts(200) and len({p.text for p in prompts}) == 200
+    assert set(Counter((p.template, p.order) for p in prompts).values()) == {6, 7}
+
+
 def test_orders_bos_and_a_model_as_tokenizer():
     assert {p.order for p in tiny_prompts(20, orders=("ABBA",))} == {"ABBA"}
     assert all(p.input_ids[0] == 7 for p in tiny_prompts(5, bos_token_id=7))
@@ -129,7 +139,7 @@ def test_batches_stack_without_padding():
 @pytest.mark.parametrize("variant", ["clean", "counterfactual"])
 def test_evaluate_matches_a_plain_forward_pass(variant):
     model = tiny_model("llama")
-    prompts = tiny_prompts(40)
+    prompts = tiny_prompts(16)
     result = evaluate_ioi(model, prompts, batch_size=3, variant=variant)
     expected = []
     with torch.no_grad():
