@@ -226,8 +226,8 @@ def ioi_prompts(
 ) -> list[IOIPrompt]:
     """``n`` distinct IOI prompts with their counterfactuals; the same arguments give the same list.
 
-    Templates and orders take turns (so every (template, order) pair gets ``n / (15 * 2)``
-    prompts, give or take one); names, place and object are drawn at random, the names from
+    The (template, order) pairs take turns, so each gets ``n / (templates x orders)`` prompts,
+    give or take one (fewer only where a pair runs out of distinct prompts); names, place and object are drawn at random, the names from
     those that are one token with the leading space. A drawn prompt whose tokenization does
     not keep the names as those tokens, or the template's token length, is skipped.
 
