@@ -139,6 +139,13 @@ def test_edit_size_and_the_rest_node(model_and_dictionaries):
     assert x.coefficients.shape == (2, 3, 8) and x.rest.shape == (2, 3, 32)
 
 
+def test_pseudo_inverse_directions_of_pca_and_ica_are_their_decoders(model_and_dictionaries):
+    _, dictionaries = model_and_dictionaries
+    for kind in ("pca", "ica"):
+        dictionary = dictionaries[kind][0]
+        torch.testing.assert_close(dictionary_directions(dictionary, 32), dictionary.decoder, atol=1e-4, rtol=1e-4)
+
+
 def test_signed_coefficients_are_required(model_and_dictionaries):
     model, _ = model_and_dictionaries
     with pytest.raises(ValueError, match="both_signs=False"):

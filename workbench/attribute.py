@@ -255,8 +255,8 @@ def dictionary_directions(dictionary: Dictionary | None, d: int) -> Float[Tensor
       onto the encoder's row space (the whole of it when the encoder spans ``d``, e.g. an
       overcomplete random dictionary), so patching every direction moves ``x`` to ``x-bar`` up to
       the rest node. For orthonormal PCA components it is the components themselves; for ICA it
-      equals the stored unit mixing directions scaled by the component scales (the encoder's
-      right inverse in the same span).
+      is the stored ``decoder`` (the unit mixing directions: ``encoder @ decoder.T = I`` with both
+      in the span of the whitened components); for random directions it differs from them.
     """
     from workbench.dictionaries import NeuronDictionary, SAEDictionary, _Linear
 
