@@ -479,7 +479,10 @@ def attribution_scores(counterfactual: Counterfactual, *, steps: int = 1, batch_
     forward and backward pass. ``steps > 1`` is integrated gradients as Marks et al. use for
     nodes: the gradient averaged over ``x + alpha (x-bar - x)`` with every direction patched by
     ``alpha`` at the midpoints ``(i + 1/2) / steps``, so the scores sum to about
-    ``KL(cf || cf) - KL(cf || clean) = -KL(cf || clean)`` (completeness, up to the quadrature).
+    ``KL(cf || all patched) - KL(cf || clean)`` (completeness, up to the quadrature). That is
+    ``-KL(cf || clean)`` at residual-stream hook points, where patching everything gives the
+    counterfactual run; at an MLP's hook points the rest of the stream stays clean, and on IOI at
+    SmolLM2's layer-15 MLP output it was only -0.06 of KL(cf || clean) = 5.3.
     """
     cf = counterfactual
     if steps < 1:
