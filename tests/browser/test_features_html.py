@@ -4,13 +4,8 @@ examples without a kernel."""
 
 from __future__ import annotations
 
-import html
-import json
-import re
-import subprocess
-import sys
-
 import pytest
+from exported import measure_export
 
 MEASURE = """
 <pre id="wb-measure">pending</pre>
@@ -36,17 +31,7 @@ window.addEventListener("load", () => {
 
 @pytest.mark.slow
 def test_cards_render_from_the_html_export(features_notebook, chromium, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", str(features_notebook.path),
-                          "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    exported = tmp_path / (features_notebook.path.stem + ".html")
-    page = tmp_path / "measure.html"
-    page.write_text(exported.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
-    shown = chromium.run(tmp_path / "profile", "--window-size=1280,1000", "--virtual-time-budget=10000", "--dump-dom",
-                         page.as_uri())
-    found = re.search(r'<pre id="wb-measure">(.*?)</pre>', shown.stdout, re.S)
-    assert found and found.group(1) != "pending", shown.stderr[-3000:]
-    cards = json.loads(html.unescape(found.group(1)))["cards"]
+    cards = measure_export(features_notebook.path, MEASURE, chromium, tmp_path)["cards"]
     assert len(cards) == 2 + 1 + 3
     for card in cards:
         x, y, width, height = card["box"]

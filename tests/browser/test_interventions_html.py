@@ -4,13 +4,8 @@ steering comparison, the transcript and the prompt heatmap are drawn, all withou
 
 from __future__ import annotations
 
-import html
-import json
-import re
-import subprocess
-import sys
-
 import pytest
+from exported import measure_export
 
 MEASURE = """
 <pre id="wb-measure">pending</pre>
@@ -39,17 +34,7 @@ window.addEventListener("load", () => {
 
 @pytest.mark.slow
 def test_interventions_render_from_the_html_export(interventions_notebook, chromium, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", str(interventions_notebook.path),
-                          "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    exported = tmp_path / (interventions_notebook.path.stem + ".html")
-    page = tmp_path / "measure.html"
-    page.write_text(exported.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
-    shown = chromium.run(tmp_path / "profile", "--window-size=1280,1000", "--virtual-time-budget=10000", "--dump-dom",
-                         page.as_uri())
-    found = re.search(r'<pre id="wb-measure">(.*?)</pre>', shown.stdout, re.S)
-    assert found and found.group(1) != "pending", shown.stderr[-3000:]
-    measured = json.loads(html.unescape(found.group(1)))
+    measured = measure_export(interventions_notebook.path, MEASURE, chromium, tmp_path)
     results = interventions_notebook.results
     assert len(measured["views"]) >= 1
     for view in measured["views"]:
