@@ -46,6 +46,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from workbench.files import write_atomic
 from workbench.progress import progress_bar
 from workbench.store import ActivationStore
 
@@ -266,18 +267,6 @@ def _skew(store: ActivationStore, hookpoint: str, mean: Tensor, encoder: Tensor,
 
 
 # ---- saving -------------------------------------------------------------------------------------
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(tmp)`` for a temporary file next to ``path``, fsync it, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_folder(path: str | os.PathLike, config: dict, tensors: dict[str, Tensor]) -> None:
     """Write ``dictionary.safetensors`` then ``dictionary.json``, each atomically, with a shared
     ``save_id`` so that a load notices files from two different saves."""
@@ -292,9 +281,9 @@ def _save_folder(path: str | os.PathLike, config: dict, tensors: dict[str, Tenso
                for k, v in tensors.items()}  # unshared, contiguous
     config = {"format": FORMAT, "version": VERSION, **config, "save_id": save_id,
               "tensors": {k: list(v.shape) for k, v in tensors.items()}}
-    _write_atomic(path / TENSORS_FILENAME, lambda tmp: save_file(tensors, str(tmp), metadata={"save_id": save_id}))
+    write_atomic(path / TENSORS_FILENAME, lambda tmp: save_file(tensors, str(tmp), metadata={"save_id": save_id}))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _write_atomic(path / CONFIG_FILENAME, lambda tmp: tmp.write_text(text))
+    write_atomic(path / CONFIG_FILENAME, lambda tmp: tmp.write_text(text))
 
 
 def _read_folder(path: Path) -> tuple[dict, dict[str, Tensor]]:

@@ -6,6 +6,7 @@ Everything streams over the store in batches, so it works on stores larger than 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -13,7 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from workbench.dictionaries import firings_of
+from workbench.dictionaries import SAEDictionary, firings_of
+from workbench.files import write_atomic, write_json
 from workbench.progress import progress_bar
 from workbench.store import ActivationStore
 
@@ -304,7 +305,7 @@ def _keep_best(groups: Tensor, keys: Tensor, payload: Tensor, best_keys: Tensor,
 
 
 class _Spill:
-    """Append-only (row, feature, value) records on disk, read back in chunks."""
+    """Append-only (row, feature, value) records on disk; :func:`_spill_chunks` reads them back."""
 
     DTYPE = np.dtype([("row", "<i4"), ("feature", "<i4"), ("value", "<f4")])
 
@@ -327,14 +328,16 @@ class _Spill:
     def close(self) -> None:
         self._file.close()
 
-    def chunks(self, size: int = _CHUNK_EVENTS) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        with open(self.path, "rb") as f:
-            while True:
-                records = np.fromfile(f, self.DTYPE, count=size)
-                if not len(records):
-                    return
-                yield (torch.from_numpy(records["row"].astype(np.int64)), torch.from_numpy(records["feature"].astype(np.int64)),
-                       torch.from_numpy(records["value"].copy()))
+
+def _spill_chunks(path: Path, size: int = _CHUNK_EVENTS) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """The spilled firings as (rows, features, values), ``size`` at a time, never all in memory."""
+    with open(path, "rb") as f:
+        while True:
+            records = np.fromfile(f, _Spill.DTYPE, count=size)
+            if not len(records):
+                return
+            yield (torch.from_numpy(records["row"].astype(np.int64)), torch.from_numpy(records["feature"].astype(np.int64)),
+                   torch.from_numpy(records["value"].copy()))
 
 
 @dataclass
@@ -369,8 +372,10 @@ class FeatureStats:
         """Mean activation over the tokens where the feature fires (0 if it never does)."""
         return self.tensors["mean"]
 
+    @functools.cached_property
     def _moments(self) -> tuple[Tensor, Tensor]:
-        """Skew and excess kurtosis of each feature's non-zero activations (0 where undefined)."""
+        """Skew and excess kurtosis of each feature's non-zero activations (0 where undefined);
+        computed once, as every card and the table read them."""
         t = self.tensors
         n = t["fire_count"].double().clamp_min(1)
         var, c3, c4 = t["m2"] / n, t["m3"] / n, t["m4"] / n
@@ -381,12 +386,12 @@ class FeatureStats:
 
     @property
     def skew(self) -> Float[Tensor, " n"]:
-        return self._moments()[0]
+        return self._moments[0]
 
     @property
     def kurtosis(self) -> Float[Tensor, " n"]:
         """Excess kurtosis (0 for a normal distribution)."""
-        return self._moments()[1]
+        return self._moments[1]
 
     def _check(self, feature: int) -> int:
         feature = int(feature)
@@ -401,11 +406,10 @@ class FeatureStats:
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / f".{STATS_TENSORS}.tmp-{uuid.uuid4().hex}"
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp))
-        os.replace(tmp, path / STATS_TENSORS)
-        meta = {**self.meta, "explanations": {str(k): v for k, v in self.explanations.items()}}
-        _write_json(path / STATS_JSON, meta)
+        tensors = {k: v.contiguous() for k, v in self.tensors.items()}
+        write_atomic(path / STATS_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+        write_json(path / STATS_JSON, {**self.meta, "explanations": {str(k): v for k, v in self.explanations.items()}},
+                   indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:
@@ -427,8 +431,14 @@ class FeatureStats:
         return cls(meta, tensors, explanations)
 
     # ---- views for widgets and exports
-    def _token(self, token_id: int) -> str:
+    def token(self, token_id: int) -> str:
+        """A token id as the text it decodes to (the vocabulary saved with the statistics)."""
         return self.meta["vocab"].get(str(int(token_id)), f"<{int(token_id)}>")
+
+    @functools.cached_property
+    def _context_slot(self) -> dict[int, int]:
+        """Store context id -> its row in ``context_tokens``."""
+        return {int(c): i for i, c in enumerate(self.tensors["context_ids"].tolist())}
 
     def _examples(self, kind: str, feature: int) -> list[list[dict]]:
         """Examples of ``kind`` (top, interval, quantile) of a feature, grouped: [group][example]."""
@@ -438,7 +448,7 @@ class FeatureStats:
         contexts, positions = t[f"{kind}_context"][feature], t[f"{kind}_position"][feature]
         if rows.ndim == 1:
             rows, acts, windows, contexts, positions = (x.unsqueeze(0) for x in (rows, acts, windows, contexts, positions))
-        slot_of = {int(c): i for i, c in enumerate(t["context_ids"].tolist())}
+        slot_of = self._context_slot
         before, after = self.meta["config"]["before"], self.meta["config"]["after"]
         groups = []
         for g in range(rows.shape[0]):
@@ -451,7 +461,7 @@ class FeatureStats:
                 ids = t["context_tokens"][slot_of[context]]
                 lo, hi = max(0, position - before), min(len(ids), position + after + 1)
                 values = windows[g, s, lo - (position - before): hi - (position - before)]
-                examples.append({"tokens": [self._token(i) for i in ids[lo:hi].tolist()], "values": [float(v) for v in values],
+                examples.append({"tokens": [self.token(i) for i in ids[lo:hi].tolist()], "values": [float(v) for v in values],
                                  "focus": position - lo, "activation": float(acts[g, s]), "row": row, "context": context,
                                  "position": position})
             groups.append(examples)
@@ -468,7 +478,7 @@ class FeatureStats:
         notebooks); the statistics and labels still describe all of them."""
         f = self._check(feature)
         t, cfg = self.tensors, self.meta["config"]
-        skew, kurt = self._moments()
+        skew, kurt = self._moments
         counts = t["hist_counts"][f]
         edges = t["hist_edges"]
         nonzero = torch.nonzero(counts).flatten()
@@ -513,7 +523,7 @@ class FeatureStats:
             return None
 
         def entries(ids: str, values: str) -> list[dict]:
-            return [{"token": self._token(i), "value": float(v)} for i, v in zip(t[ids][f].tolist(), t[values][f].tolist())]
+            return [{"token": self.token(i), "value": float(v)} for i, v in zip(t[ids][f].tolist(), t[values][f].tolist())]
 
         return {
             "top": entries("logit_top_ids", "logit_top_values"),
@@ -533,7 +543,7 @@ class FeatureStats:
 
     def table(self) -> list[dict]:
         """One row per feature: the scalar statistics, the commonest top-example tokens, the top logits."""
-        skew, kurt = self._moments()
+        skew, kurt = self._moments
         focus = self._focus_ids()
         density, mean_firing = self.density.tolist(), self.mean_firing.tolist()
         fire, peak = self.tensors["fire_count"].tolist(), self.tensors["max"].tolist()
@@ -541,8 +551,8 @@ class FeatureStats:
         rows = []
         for f in range(self.n_features):
             counts = Counter(i for i in focus[f].tolist() if i >= 0)
-            top_tokens = [self._token(i) for i, _ in counts.most_common(5)]
-            top_logits = [self._token(i) for i in self.tensors["logit_top_ids"][f, :5].tolist()] if has_logits else []
+            top_tokens = [self.token(i) for i, _ in counts.most_common(5)]
+            top_logits = [self.token(i) for i in self.tensors["logit_top_ids"][f, :5].tolist()] if has_logits else []
             rows.append({"feature": f, "density": density[f], "fire_count": fire[f], "max": peak[f],
                          "mean_firing": mean_firing[f], "skew": float(skew[f]), "kurtosis": float(kurt[f]),
                          "top_tokens": top_tokens, "top_logits": top_logits, "explanation": self.explanations.get(f, "")})
@@ -595,16 +605,6 @@ def stats_folder(path: str | Path) -> Path:
     return path / "sae_0" / STATS_DIRNAME if (path / "sae_0").is_dir() else path / STATS_DIRNAME
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _pack(rows: Tensor, values: Tensor) -> Tensor:
     """(row, float32 value) as one int64: row in the high 32 bits, the value's bits in the low."""
     return (rows.long() << 32) | (values.float().view(torch.int32).long() & 0xFFFFFFFF)
@@ -621,11 +621,7 @@ def as_dictionary(dictionary: Any) -> Any:
     """A :mod:`workbench.dictionaries` dictionary for ``dictionary``: SAEs are wrapped, the rest pass through."""
     from workbench.sae import SAE
 
-    if isinstance(dictionary, SAE):
-        from workbench.dictionaries import SAEDictionary
-
-        return SAEDictionary(dictionary)
-    return dictionary
+    return SAEDictionary(dictionary) if isinstance(dictionary, SAE) else dictionary
 
 
 def _dictionary_label(dictionary: Any) -> str:
@@ -794,10 +790,8 @@ def _pass_over_store(dictionary: Any, store: ActivationStore, cfg: FeatureStatsC
 
     def checkpoint() -> None:
         events = spill.flush()
-        tmp = work / f".state.tmp-{uuid.uuid4().hex}"
-        save_file(state, str(tmp))
-        os.replace(tmp, work / "state.safetensors")
-        _write_json(marker, {"fingerprint": fingerprint, "batches_done": done, "events": events})
+        write_atomic(work / "state.safetensors", lambda tmp: save_file(state, str(tmp)))
+        write_json(marker, {"fingerprint": fingerprint, "batches_done": done, "events": events}, indent=1)
 
     bar = progress_bar(total=store.n_rows, initial=min(done * cfg.batch_size, store.n_rows), unit="tok", unit_scale=True,
                        desc="feature statistics", disable=not progress)
@@ -832,14 +826,14 @@ def _pass_over_store(dictionary: Any, store: ActivationStore, cfg: FeatureStatsC
     return state
 
 
-def _sample_bins(spill: _Spill, n: int, n_bins: int, per_bin: int, bin_of, seed: int,
+def _sample_bins(events: Path, n: int, n_bins: int, per_bin: int, bin_of, seed: int,
                  counts: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per (feature, bin) the ``per_bin`` firings with the smallest sample keys: a uniform random
     sample without replacement. ``bin_of(features, values)`` gives each firing's bin."""
     best_key = torch.full((n * n_bins, per_bin), _EMPTY, dtype=torch.int64)
     best_packed = torch.full((n * n_bins, per_bin), -1, dtype=torch.int64)
     totals = torch.zeros(n * n_bins, dtype=torch.int64) if counts else None
-    for rows, feats, vals in spill.chunks():
+    for rows, feats, vals in _spill_chunks(events):
         groups = feats * n_bins + bin_of(feats, vals)
         if totals is not None:
             totals += _tally(groups, n * n_bins)
@@ -854,8 +848,7 @@ def _finish(dictionary: Any, store: ActivationStore, cfg: FeatureStatsConfig, wo
             fingerprint: dict, model: Any, tokenizer: Any, progress: bool) -> FeatureStats:
     """Passes 2-4 over the spilled firings: interval and quantile samples, example windows; then logits and vocab."""
     n = dictionary.n_features
-    spill = _Spill.__new__(_Spill)
-    spill.path = work / "events.bin"
+    events = work / "events.bin"
     peak = state["max"]
     ni, nq, res = cfg.n_intervals, cfg.n_quantiles, cfg.quantile_resolution
     scale = torch.where(peak > 0, peak, torch.ones_like(peak))
@@ -863,13 +856,13 @@ def _finish(dictionary: Any, store: ActivationStore, cfg: FeatureStatsConfig, wo
     def interval_of(feats: Tensor, vals: Tensor) -> Tensor:
         return (vals / scale[feats] * ni).floor().long().clamp(0, ni - 1)
 
-    _, interval_packed, interval_counts = _sample_bins(spill, n, ni, cfg.per_interval, interval_of, cfg.seed, counts=True)
+    _, interval_packed, interval_counts = _sample_bins(events, n, ni, cfg.per_interval, interval_of, cfg.seed, counts=True)
 
     def fine_of(feats: Tensor, vals: Tensor) -> Tensor:
         return (vals / scale[feats] * res).floor().long().clamp(0, res - 1)
 
     fine = torch.zeros(n * res, dtype=torch.int64)
-    for _, feats, vals in spill.chunks():
+    for _, feats, vals in _spill_chunks(events):
         fine += _tally(feats * res + fine_of(feats, vals), n * res)
     cumulative = fine.view(n, res).cumsum(1)
     targets = state["fire_count"].unsqueeze(1) * torch.arange(1, nq) / nq  # (n, nq-1)
@@ -880,7 +873,7 @@ def _finish(dictionary: Any, store: ActivationStore, cfg: FeatureStatsConfig, wo
     def quantile_of(feats: Tensor, vals: Tensor) -> Tensor:
         return (fine_of(feats, vals).unsqueeze(1) > q_cut[feats]).sum(1)
 
-    _, quantile_packed, _ = _sample_bins(spill, n, nq, cfg.per_quantile, quantile_of, cfg.seed + 1)
+    _, quantile_packed, _ = _sample_bins(events, n, nq, cfg.per_quantile, quantile_of, cfg.seed + 1)
 
     top_rows, top_acts = _unpack(state["top_packed"])
     int_rows, int_acts = _unpack(interval_packed.view(n, ni, cfg.per_interval))
@@ -890,7 +883,7 @@ def _finish(dictionary: Any, store: ActivationStore, cfg: FeatureStatsConfig, wo
     tensors["hist_edges"] = cfg.hist_edges
     tensors["interval_counts"] = interval_counts.view(n, ni)
     tensors["quantile_edges"] = q_edges
-    tensors.update(_windows(spill, store, cfg, n, kinds))
+    tensors.update(_windows(events, store, cfg, n, kinds))
     meta = {
         "version": STATS_VERSION,
         "dictionary": dictionary.describe(),
@@ -917,17 +910,13 @@ def _finish(dictionary: Any, store: ActivationStore, cfg: FeatureStatsConfig, wo
     for key in ("logit_top_ids", "logit_bottom_ids"):
         if key in tensors:
             ids |= set(tensors[key].unique().tolist())
-    meta["vocab"] = {str(i): _decode(tokenizer, i) for i in sorted(ids)}
+    ids = sorted(ids)
+    texts = tokenizer.batch_decode([[i] for i in ids]) if tokenizer is not None else [f"<{i}>" for i in ids]
+    meta["vocab"] = {str(i): text for i, text in zip(ids, texts)}
     return FeatureStats(meta, {k: v.contiguous() for k, v in tensors.items()})
 
 
-def _decode(tokenizer: Any, token_id: int) -> str:
-    if tokenizer is None:
-        return f"<{token_id}>"
-    return tokenizer.decode([token_id])
-
-
-def _windows(spill: _Spill, store: ActivationStore, cfg: FeatureStatsConfig, n: int,
+def _windows(events: Path, store: ActivationStore, cfg: FeatureStatsConfig, n: int,
              kinds: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     """Pass 4: each example's context, position, and the feature's values on its window of
     ``before`` + 1 + ``after`` positions (0 outside the context and where the store kept no row)."""
@@ -957,7 +946,7 @@ def _windows(spill: _Spill, store: ActivationStore, cfg: FeatureStatsConfig, n: 
     all_keys = torch.cat([keys for *_, keys, _, _ in requests])
     unique, inverse = torch.unique(all_keys, return_inverse=True)
     values = torch.zeros(len(unique))
-    for rows, feats, vals in spill.chunks():
+    for rows, feats, vals in _spill_chunks(events):
         keys = feats * n_rows + rows
         at = torch.searchsorted(unique, keys).clamp(max=max(len(unique) - 1, 0))
         hit = unique[at] == keys if len(unique) else torch.zeros_like(keys, dtype=torch.bool)

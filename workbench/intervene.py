@@ -110,16 +110,10 @@ def residuals_and_logits(
     variants of the upper layers pays for the lower ones once.
     """
     n = model.n_layers
-    streams = {}
-    with model.nn.trace(input_ids.to(model.device)):
-        for layer in sorted(set(layers)):
-            if layer < n:
-                point = model.hookpoint(f"blocks.{layer}.hook_resid_pre")
-            else:
-                point = model.hookpoint(f"blocks.{n - 1}.hook_resid_post")
-            streams[layer] = _read(model.nn.get(point.module), point.io).save()
-        logits = model.nn.output.logits.save()
-    return streams, logits
+    names = {layer: f"blocks.{layer}.hook_resid_pre" if layer < n else f"blocks.{n - 1}.hook_resid_post"
+             for layer in sorted(set(layers))}
+    saved, logits = activations_and_logits(model, input_ids, list(names.values()))
+    return {layer: saved[name] for layer, name in names.items()}, logits
 
 
 @torch.inference_mode()

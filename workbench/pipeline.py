@@ -11,8 +11,6 @@ A run folder holds everything of one run::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from workbench.capture import CaptureConfig, capture_corpus
 from workbench.data import EMBEDDED_CORPUS, token_contexts
 from workbench.evaluate import LossRecovered, faithfulness
 from workbench.features import activation_stats
+from workbench.files import write_json
 from workbench.metrics import ReconstructionMetrics
 from workbench.models import Model, load_model
 from workbench.sae import SAE, SAEConfig
@@ -114,7 +113,7 @@ def train_run(cfg: TrainRunConfig, *, model: Model | None = None, callbacks: lis
         evaluation = evaluate_sae(model, result.saes[0], cfg.hookpoint, tokens=cfg.eval_tokens, corpus=cfg.corpus,
                                   ctx_len=cfg.ctx_len, seed=cfg.seed, mean=mean, progress=progress)
         metrics.update(evaluation.to_dict())
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics, default=float)
     return result, metrics
 
 
@@ -254,13 +253,3 @@ def run_config(path: str | Path) -> dict:
         return json.loads(metrics.read_text()).get("config", {})
     except json.JSONDecodeError as err:
         raise ValueError(f"{metrics} is not valid JSON ({err}); re-run `workbench train` or pass the settings") from err
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON atomically (a temporary file renamed into place)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=float)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
