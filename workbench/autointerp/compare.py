@@ -1,0 +1,290 @@
+"""The comparison: one explainer and the same scorers over a random sample of features of each of
+several dictionaries (an SAE, neurons, PCA, ICA, random directions), with bootstrap intervals.
+
+Per dictionary, the features with enough activating examples in both splits are *candidates*; they
+are visited in a seeded random order (not cherry-picked) and each is *eligible* when it also has
+enough quiet windows for non-activating examples; the first ``n_features`` eligible ones are
+explained from their training examples and scored on the held-out ones. How many features were
+candidates, checked and eligible is reported, since the sample describes only eligible features.
+
+Every feature's result is written as it is done (``out_dir/DICTIONARY/KEY/feature_N.json``,
+atomically; KEY is a hash of everything the result depends on), so an interrupted run resumes and a
+finished one is read back at once. Failures (an explainer or scorer that raised
+:class:`~workbench.autointerp.types.AutointerpFailure`, an explanation that came back failed) are
+counted and left out of the means, never scored 0.
+
+The summary gives, per dictionary and scorer, the mean score over features with a percentile
+bootstrap 95% interval and n, and the Pearson and Spearman correlations of the scores with the
+skew and kurtosis of the features' activations (Cunningham et al. report 0.19 and 0.24), with
+intervals; and the backends' token counts and cost, where the explainer or scorers have a backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.autointerp.examples import ExampleConfig, ExampleSource
+from workbench.autointerp.types import AutointerpFailure, Explainer, Explanation, Score, Scorer
+from workbench.features import FeatureStats
+from workbench.files import write_json
+from workbench.progress import progress_bar
+from workbench.stats import N_RESAMPLES, bootstrap_sums, percentile_interval
+from workbench.store import ActivationStore
+
+__all__ = ["AutointerpResult", "correlation", "mean_interval", "run_autointerp"]
+
+
+@dataclass
+class AutointerpResult:
+    """What :func:`run_autointerp` found."""
+
+    records: dict[str, list[dict]]
+    """Per dictionary, one record per explained feature, in sampling order: feature, explanation,
+    scores (by scorer), skew, kurtosis, density, example counts."""
+    summary: dict
+    """Per dictionary: counts (features, candidates, checked, eligible, explained), per scorer the mean
+    with its 95% interval and n, failures; correlations with skew and kurtosis; usage."""
+
+    def table(self, scorer: str) -> list[list[str]]:
+        """Rows for :func:`workbench.charts.table`: dictionary, mean (95% interval), n, failures, eligible share."""
+        rows = []
+        for name, s in self.summary["dictionaries"].items():
+            m = s["scores"].get(scorer)
+            if m is None:
+                continue
+            rows.append([name, f"{m['mean']:.3f} ({m['ci'][0]:.3f}-{m['ci'][1]:.3f})", str(m["n"]), str(m["failures"]),
+                         f"{s['eligible']}/{s['checked']} checked, {s['candidates']:,} candidates of {s['n_features']:,}"])
+        return rows
+
+
+def mean_interval(values: Sequence[float], *, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of ``values`` with a percentile bootstrap interval (NaN when empty)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return {"mean": math.nan, "ci": [math.nan, math.nan], "n": 0}
+    per_item = torch.tensor(values, dtype=torch.float64).unsqueeze(1)
+    means = bootstrap_sums(per_item, seed=seed)[:, 0] / len(values)
+    low, high = percentile_interval(means, level)
+    return {"mean": sum(values) / len(values), "ci": [low, high], "n": len(values)}
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks along the last dimension (ties share their mean rank)."""
+    order = x.argsort(dim=-1)
+    sorted_x = x.gather(-1, order)
+    n = x.shape[-1]
+    position = torch.arange(n, dtype=torch.float64).expand_as(x).clone()
+    # tie groups: the mean position of each run of equal sorted values
+    new_group = torch.ones_like(sorted_x, dtype=torch.bool)
+    new_group[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
+    group = new_group.long().cumsum(-1) - 1
+    sums = torch.zeros_like(position).scatter_add_(-1, group, position)
+    counts = torch.zeros_like(position).scatter_add_(-1, group, torch.ones_like(position))
+    mean_position = (sums / counts.clamp_min(1)).gather(-1, group)
+    return torch.empty_like(position).scatter_(-1, order, mean_position)
+
+
+def _pearson_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x - x.mean(-1, keepdim=True)
+    y = y - y.mean(-1, keepdim=True)
+    return (x * y).sum(-1) / ((x * x).sum(-1) * (y * y).sum(-1)).sqrt()
+
+
+def correlation(x: Sequence[float], y: Sequence[float], *, seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict:
+    """Pearson and Spearman correlations of paired values with percentile bootstrap 95% intervals
+    (pairs resampled together; non-finite pairs dropped)."""
+    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
+    out = {"n": len(pairs), "pearson": math.nan, "pearson_ci": [math.nan, math.nan], "spearman": math.nan,
+           "spearman_ci": [math.nan, math.nan]}
+    if len(pairs) < 3:
+        return out
+    xs = torch.tensor([a for a, _ in pairs], dtype=torch.float64)
+    ys = torch.tensor([b for _, b in pairs], dtype=torch.float64)
+    draws = torch.randint(0, len(pairs), (n_resamples, len(pairs)), generator=torch.Generator().manual_seed(seed))
+    for name, transform in (("pearson", lambda v: v), ("spearman", _ranks)):
+        out[name] = float(_pearson_rows(transform(xs.unsqueeze(0)), transform(ys.unsqueeze(0)))[0])
+        out[f"{name}_ci"] = list(percentile_interval(_pearson_rows(transform(xs[draws]), transform(ys[draws]))))
+    return out
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "dictionary"
+
+
+def _usage(parts: Sequence[Any]) -> dict[str, float]:
+    """Summed ``backend.usage()`` of the explainer and scorers that have a backend (each backend once)."""
+    total: dict[str, float] = {}
+    seen: set[int] = set()
+    for part in parts:
+        backend = getattr(part, "backend", None)
+        if backend is None or id(backend) in seen or not callable(getattr(backend, "usage", None)):
+            continue
+        seen.add(id(backend))
+        for key, value in backend.usage().items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _explain_and_score(feature: int, source: ExampleSource, explainer: Explainer, scorers: Sequence[Scorer],
+                       stats: FeatureStats) -> dict:
+    cfg = source.config
+    t0 = time.perf_counter()
+    examples = source.build(feature)
+    record: dict[str, Any] = {"feature": feature, "counts": examples.counts(),
+                              "skew": float(stats.skew[feature]), "kurtosis": float(stats.kurtosis[feature]),
+                              "density": float(stats.density[feature]), "max": float(stats.tensors["max"][feature])}
+    short = [f"{n} {split} {'activating' if label else 'non-activating'}"
+             for split in ("train", "test") for label, need in ((True, cfg.min_activating), (False, cfg.min_negatives))
+             if (n := examples.n(split, label)) < need]
+    if short:
+        return {**record, "eligible": False, "reason": "only " + ", ".join(short)}
+    try:
+        explanation = explainer.explain(feature, examples.train)
+    except AutointerpFailure as error:
+        explanation = Explanation(feature, "", explainer.name, failed=True, rule={"error": str(error)})
+    scores = {}
+    for scorer in scorers:
+        if explanation.failed:
+            score = Score(feature, scorer.name, math.nan, failed=True)
+        else:
+            try:
+                score = scorer.score(explanation, examples.test)
+            except AutointerpFailure as error:
+                score = Score(feature, scorer.name, math.nan, failed=True, metrics={"error": str(error)})
+        scores[scorer.name] = asdict(score)
+    return {**record, "eligible": True, "explanation": asdict(explanation), "scores": scores,
+            "seconds": time.perf_counter() - t0}
+
+
+def run_autointerp(
+    stats_by_dictionary: Mapping[str, FeatureStats],
+    *,
+    dictionaries: Mapping[str, Any],
+    store: ActivationStore | Mapping[str, ActivationStore],
+    explainer: Explainer,
+    scorers: Sequence[Scorer],
+    n_features: int = 100,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    example_config: ExampleConfig | None = None,
+    tokenizer: Any = None,
+    write_explanations: bool = True,
+    chunk: int = 32,
+    progress: bool = True,
+) -> AutointerpResult:
+    """Explain and score a random sample of ``n_features`` eligible features per dictionary.
+
+    ``stats_by_dictionary`` and ``dictionaries`` share their keys (the names shown, e.g. "SAE",
+    "neurons"); each statistics object was computed over ``store`` (one for all, or one per name)
+    with that dictionary, whose encoder draws the non-activating examples. ``tokenizer`` decodes
+    their tokens. With ``out_dir``, every feature's result is checkpointed there and a re-run
+    resumes. With ``write_explanations``, each explanation (and its headline scores) goes into the
+    statistics' ``explanations``, which feature cards and the browser show and search.
+    """
+    if set(stats_by_dictionary) != set(dictionaries):
+        raise ValueError(f"stats and dictionaries need the same names; got {sorted(stats_by_dictionary)} and "
+                         f"{sorted(dictionaries)}")
+    if n_features < 1:
+        raise ValueError(f"n_features must be >= 1, got {n_features}")
+    if not scorers:
+        raise ValueError("give at least one scorer, e.g. RuleScorer()")
+    cfg = example_config or ExampleConfig(seed=seed)
+    out = Path(out_dir) if out_dir is not None else None
+    records: dict[str, list[dict]] = {}
+    summary: dict[str, Any] = {"n_features": n_features, "seed": seed, "explainer": explainer.name,
+                               "scorers": [s.name for s in scorers], "example_config": asdict(cfg), "dictionaries": {}}
+    started = time.perf_counter()
+    bar = progress_bar(total=n_features * len(stats_by_dictionary), desc="autointerp", unit="feature",
+                       disable=not progress)
+    with bar:
+        for name, stats in stats_by_dictionary.items():
+            source = ExampleSource(stats, dictionaries[name], store[name] if isinstance(store, Mapping) else store,
+                                   tokenizer=tokenizer, config=cfg)
+            candidates = source.candidates()
+            order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
+            key = {"stats": stats.meta.get("fingerprint", {}).get("dictionary_probe", stats.meta.get("created")),
+                   "n_tokens": stats.n_tokens, "example_config": asdict(cfg), "explainer": explainer.name,
+                   "scorers": [s.name for s in scorers], "seed": seed}
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+            folder = out / _slug(name) / digest if out is not None else None
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json(folder / "key.json", key)
+            done: list[dict] = []
+            checked = 0
+            queue = [candidates[i] for i in order]
+            while queue and len(done) < n_features:
+                batch, queue = queue[:chunk], queue[chunk:]
+                cached = {}
+                for feature in batch:
+                    path = folder / f"feature_{feature}.json" if folder is not None else None
+                    if path is not None and path.is_file():
+                        cached[feature] = json.loads(path.read_text())
+                source.prepare([f for f in batch if f not in cached])
+                for feature in batch:
+                    if len(done) >= n_features:
+                        break
+                    record = cached.get(feature)
+                    if record is None:
+                        record = _explain_and_score(feature, source, explainer, scorers, stats)
+                        if folder is not None:
+                            write_json(folder / f"feature_{feature}.json", record, indent=1, default=float)
+                    checked += 1
+                    if record["eligible"]:
+                        done.append(record)
+                        bar.update(1)
+            records[name] = done
+            summary["dictionaries"][name] = _summarise(name, stats, done, scorers, candidates, checked, seed)
+            if write_explanations:
+                for record in done:
+                    explanation = record["explanation"]
+                    if not explanation["failed"]:
+                        scores = ", ".join(f"{s} {record['scores'][s]['value']:.2f}" for s in record["scores"]
+                                           if not record["scores"][s]["failed"])
+                        stats.explanations[record["feature"]] = explanation["text"] + (f"  [{scores}]" if scores else "")
+    summary["correlations"] = {s.name: {"all": _correlations([r for rs in records.values() for r in rs], s.name, seed)}
+                               for s in scorers}
+    summary["usage"] = _usage([explainer, *scorers])
+    summary["tokens"] = {
+        "prompt": sum(r["explanation"]["prompt_tokens"] + sum(s["prompt_tokens"] for s in r["scores"].values())
+                      for rs in records.values() for r in rs),
+        "completion": sum(r["explanation"]["completion_tokens"] + sum(s["completion_tokens"] for s in r["scores"].values())
+                          for rs in records.values() for r in rs)}
+    summary["seconds"] = time.perf_counter() - started
+    return AutointerpResult(records, summary)
+
+
+def _correlations(records: list[dict], scorer: str, seed: int) -> dict:
+    scored = [r for r in records if not r["scores"][scorer]["failed"]]
+    values = [r["scores"][scorer]["value"] for r in scored]
+    return {stat: correlation(values, [r[stat] for r in scored], seed=seed) for stat in ("skew", "kurtosis")}
+
+
+def _summarise(name: str, stats: FeatureStats, records: list[dict], scorers: Sequence[Scorer], candidates: list[int],
+               checked: int, seed: int) -> dict:
+    out: dict[str, Any] = {"label": stats.meta.get("dictionary_label", name), "n_features": stats.n_features,
+                           "candidates": len(candidates), "checked": checked, "eligible": len(records),
+                           "explained": sum(not r["explanation"]["failed"] for r in records),
+                           "explanation_failures": sum(r["explanation"]["failed"] for r in records), "scores": {},
+                           "correlations": {}}
+    for scorer in scorers:
+        scores = [r["scores"][scorer.name] for r in records]
+        entry = mean_interval([s["value"] for s in scores if not s["failed"]], seed=seed)
+        entry["failures"] = sum(s["failed"] for s in scores)
+        metric_names = sorted({m for s in scores if not s["failed"] for m, v in s["metrics"].items()
+                               if isinstance(v, (int, float))})
+        entry["metrics"] = {m: mean_interval([s["metrics"].get(m, math.nan) for s in scores if not s["failed"]], seed=seed)
+                            for m in metric_names}
+        out["scores"][scorer.name] = entry
+        out["correlations"][scorer.name] = _correlations(records, scorer.name, seed)
+    return out
