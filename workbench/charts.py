@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from workbench.afa import AFAMetrics
     from workbench.train import TrainState
 
-__all__ = ["Chart", "LiveChart", "Table", "histogram", "line_chart", "table", "zf_plot"]
+__all__ = ["Chart", "LiveChart", "Table", "histogram", "interval_chart", "line_chart", "table", "zf_plot"]
 
 _STYLE = {
     "svg.fonttype": "none",  # text stays text: smaller, selectable, drawn in the page's font
@@ -161,6 +161,45 @@ def line_chart(
         if title:
             fig.suptitle(title)
         return _to_chart(fig, title or ", ".join(titles))
+
+
+def interval_chart(
+    groups: Sequence[str],
+    series: dict[str, Sequence[tuple[float, float, float]]],
+    *,
+    title: str = "",
+    ylabel: str = "",
+    reference: float | None = None,
+    height: float = 2.8,
+) -> Chart:
+    """Points with 95% intervals: for each name in ``series``, one ``(value, low, high)`` per group
+    (e.g. the mean score of each dictionary per scorer), side by side. ``reference`` draws a dashed
+    horizontal line (e.g. chance). NaN values are left out."""
+    import matplotlib
+
+    groups = list(groups)
+    for name, values in series.items():
+        if len(values) != len(groups):
+            raise ValueError(f"series {name!r} has {len(values)} values for {len(groups)} groups")
+    with matplotlib.rc_context(_STYLE):
+        fig, (ax,) = _figure(_WIDTH, height)
+        width = 0.7 / max(len(series), 1)
+        for j, (name, values) in enumerate(series.items()):
+            shift = (j - (len(series) - 1) / 2) * width
+            points = [(i + shift, v, lo, hi) for i, (v, lo, hi) in enumerate(values) if _finite(v)]
+            xs = [p[0] for p in points]
+            ys = [p[1] for p in points]
+            errors = [[max(p[1] - p[2], 0) if _finite(p[2]) else 0 for p in points],
+                      [max(p[3] - p[1], 0) if _finite(p[3]) else 0 for p in points]]
+            ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, markersize=4, label=name if len(series) > 1 else None)
+        if reference is not None:
+            ax.axhline(reference, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set(title=title, ylabel=ylabel)
+        if len(series) > 1:
+            ax.legend(fontsize=8, frameon=False)
+        return _to_chart(fig, title)
 
 
 class LiveChart:
