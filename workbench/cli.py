@@ -186,6 +186,18 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"{corpus.NAME}: {corpus.N_DOCUMENTS} documents, sha256 {corpus.TEXT_SHA256[:12]}..., at {path}")
 
 
+def _report(args: argparse.Namespace) -> int:
+    from workbench import report
+
+    if args.params:
+        path = report.find_notebook(args.notebook)
+        print(report.describe_parameters(path, report.notebook_parameters(path)))
+        return 0
+    runs = report.run_report(args.notebook, args.parameter, args.out, headline_keys=args.headline or (),
+                             force=args.force, kernel_name=args.kernel)
+    return 1 if any(run.status != "done" for run in runs) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     from workbench.capture import CaptureConfig
     from workbench.pipeline import TrainRunConfig
@@ -248,17 +260,39 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("dir", help="run folder, SAE folder or feature_stats folder (after `workbench features`)")
     sub.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     sub.set_defaults(run=_export)
+
+    sub = commands.add_parser(
+        "report", help="run a notebook (or a grid of parameter values) through papermill into an executed copy, "
+                       "a self-contained HTML report and its headline figures",
+        description="Run NOTEBOOK with papermill (no widget state stored), export it to HTML that opens offline, "
+                    "and print the headline figures of its results JSON: its 'headline' entry if it has one, else "
+                    "its top-level numbers and short strings, or the --headline keys. A VALUE with commas is a grid "
+                    "axis (-p k 16,32,64): every combination runs in its own folder under --out, a finished one "
+                    "is skipped when run again, a failed one is recorded and the grid goes on, and "
+                    "--out/index.html compares them. Quote a string that has a comma: -p text \"'a, b'\".")
+    sub.add_argument("notebook", help="short name (quickstart, features, interventions, ...: a notebook's file name "
+                                      "under notebooks/ or notebooks/learn/ without its number) or a path to an .ipynb")
+    sub.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="set a parameter (repeat for several): a Python literal or a string; A,B,C runs a grid")
+    sub.add_argument("--out", default=None, help="folder for the executed notebook, its HTML, results and outputs "
+                                                 "(default: build/reports/NAME)")
+    sub.add_argument("--params", action="store_true", help="list the notebook's parameters with defaults and comments")
+    sub.add_argument("--headline", action="append", default=None, metavar="KEY",
+                     help="a figure of the results JSON to report, as a dotted path (reconstruction.fvu); repeatable")
+    sub.add_argument("--force", action="store_true", help="run again even what finished before with the same parameters")
+    sub.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    sub.set_defaults(run=_report)
     return main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except (ValueError, KeyError, OSError) as error:  # our errors say what to do; no traceback for them
         print(f"workbench {args.command}: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
