@@ -38,7 +38,7 @@ output from the counterfactual (attention beside it stays clean).
 
 * :func:`prepare_counterfactual` runs clean and counterfactual prompts once; each patched pass
   (:func:`counterfactual_patches`, many masks at once) restarts at the hook point's block
-  (:func:`workbench.intervene.logits_from_block`); :func:`counterfactual_patch` does both for
+  (:func:`workbench.intervene.final_logits_from_block`); :func:`counterfactual_patch` does both for
   one mask;
 * :func:`attribution_scores`: attribution patching (``steps=1``) and integrated gradients, an
   estimate per direction; :func:`single_direction_effects` measures what they estimate;
@@ -405,9 +405,9 @@ def counterfactual_patches(counterfactual: Counterfactual, patched: Tensor | lis
                            ) -> PatchResult:
     """Several candidate patches at once: ``patched`` is bool masks ``[k, n_directions]`` or ``k``
     index lists; the result has a leading ``k`` axis. Each patched pass restarts at the hook
-    point's block (:func:`workbench.intervene.logits_from_block`), ``batch_size`` prompt-patch
+    point's block (:func:`workbench.intervene.final_logits_from_block`), ``batch_size`` prompt-patch
     pairs at a time."""
-    from workbench.intervene import logits_from_block
+    from workbench.intervene import final_logits_from_block
 
     cf = counterfactual
     masks = cf.masks(patched)
@@ -419,9 +419,9 @@ def counterfactual_patches(counterfactual: Counterfactual, patched: Tensor | lis
         j = delta.shape[0]
         sizes.append(delta.norm(dim=-1).sum(-1).cpu())
         flat = delta.flatten(0, 1)
-        logits = logits_from_block(cf.model, cf.clean_ids.repeat(j, 1), cf.layer, cf.residual.repeat(j, 1, 1),
-                                   {cf.hookpoint: lambda x, flat=flat: x + flat.to(x.dtype)})
-        final = logits[:, -1].float().reshape(j, n, -1)
+        logits = final_logits_from_block(cf.model, cf.clean_ids.repeat(j, 1), cf.layer, cf.residual.repeat(j, 1, 1),
+                                         {cf.hookpoint: lambda x, flat=flat: x + flat.to(x.dtype)})
+        final = logits.float().reshape(j, n, -1)
         finals.append(final.cpu())
         kls.append(_kl(cf.cf_logprobs[None], final).cpu())
     return PatchResult(torch.cat(kls), torch.cat(sizes), torch.cat(finals))
@@ -461,7 +461,7 @@ def _kl_gradient(cf: Counterfactual, alpha: float, batch_size: int) -> Float[Ten
             return seen["y"]
 
         with torch.enable_grad(), _blocks_below(cf.model, cf.layer, cf.residual[rows].clone()):
-            logits = _logits_with(cf.model, cf.clean_ids[rows], {cf.hookpoint: edit})
+            logits = _logits_with(cf.model, cf.clean_ids[rows], {cf.hookpoint: edit}, final_only=True)
             kl = _kl(cf.cf_logprobs[rows].clone(), logits[:, -1])
             (grad,) = torch.autograd.grad(kl.sum(), seen["y"])
         grads.append(grad.float())
