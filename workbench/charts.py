@@ -340,3 +340,44 @@ def zf_plot(afa: AFAMetrics, *, title: str | None = None, size: float = 4.2, bin
         ax.set_aspect("equal")
         ax.legend(loc="upper left", fontsize=8, frameon=False)
         return _to_chart(fig, title)
+
+
+def curve_panels(
+    panels: dict[str, dict[str, Sequence[tuple[float, float]]]],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    log_x: bool = False,
+    log_y: bool = False,
+    references: dict[str, float] | None = None,
+    title: str = "",
+    height: float = 2.8,
+) -> Chart:
+    """One panel per key of ``panels`` (e.g. a layer), each with one line per series (e.g. a
+    dictionary) through its ``(x, y)`` points, sorted by x. ``references`` draws a dashed
+    horizontal line in the panels it names (e.g. a target). Points that are not finite, or not
+    positive on a log axis, are left out."""
+    import matplotlib
+
+    references = references or {}
+    with matplotlib.rc_context(_STYLE):
+        fig, axes = _figure(_WIDTH + 1.5, height, panels=max(len(panels), 1))
+        for ax, (panel, series) in zip(axes, panels.items()):
+            for name, points in series.items():
+                kept = sorted((float(a), float(b)) for a, b in points if _finite(a) and _finite(b)
+                              and (not log_x or a > 0) and (not log_y or b > 0))
+                ax.plot([p[0] for p in kept], [p[1] for p in kept], marker="o", markersize=2.5, linewidth=1.1,
+                        label=name)
+            if panel in references:
+                ax.axhline(references[panel], color="grey", linestyle="--", linewidth=0.8)
+            if log_x:
+                ax.set_xscale("log")
+            if log_y:
+                ax.set_yscale("log")
+            ax.set(title=panel, xlabel=xlabel)
+        axes[0].set_ylabel(ylabel)
+        if panels:
+            axes[-1].legend(fontsize=7, frameon=False)
+        if title:
+            fig.suptitle(title)
+        return _to_chart(fig, title or ylabel)
