@@ -135,10 +135,11 @@ def export_html(notebook: str | Path, html_path: str | Path | None = None) -> Pa
 def notebook_names(roots: Iterable[Path] | None = None) -> dict[str, Path]:
     """Every notebook under ``roots`` (default: ``./notebooks`` and the project's) by its names:
     the file name without its numeric prefix (``quickstart``), the file name (``01_quickstart``),
-    and both under a subfolder (``learn/what_is_an_sae``). A short name two notebooks share
-    maps to neither (their ``folder/name`` forms still work)."""
+    and both under a subfolder (``learn/what_is_an_sae``). Where a name is shared, a notebook
+    in ``notebooks/`` itself wins over one in a subfolder (which keeps its ``folder/name``), and
+    two in the same folder level share it with neither."""
     roots = [Path.cwd() / "notebooks", REPO_NOTEBOOKS] if roots is None else list(roots)
-    names: dict[str, set[Path]] = {}
+    names: dict[str, dict[Path, int]] = {}  # name -> {notebook: depth}
     seen: set[Path] = set()
     for root in roots:
         if not root.is_dir() or root.resolve() in seen:
@@ -151,8 +152,13 @@ def notebook_names(roots: Iterable[Path] | None = None) -> dict[str, Path]:
             folder = "/".join(relative.parts[:-1])
             short = re.sub(r"^\d+[_-]", "", path.stem)
             for name in {short, path.stem} | ({f"{folder}/{short}", f"{folder}/{path.stem}"} if folder else set()):
-                names.setdefault(name, set()).add(path.resolve())
-    return {name: next(iter(paths)) for name, paths in sorted(names.items()) if len(paths) == 1}
+                names.setdefault(name, {})[path.resolve()] = len(relative.parts)
+    found = {}
+    for name, paths in sorted(names.items()):
+        shallowest = [p for p, depth in paths.items() if depth == min(paths.values())]
+        if len(shallowest) == 1:
+            found[name] = shallowest[0]
+    return found
 
 
 def find_notebook(name: str, roots: Iterable[Path] | None = None) -> Path:
@@ -606,7 +612,7 @@ def write_index(out: Path, notebook: Path, axes: list[str], runs: list[Run]) -> 
         rows.append(f'<tr class="{r.status}">' + "".join(cells) + "</tr>")
     charts = "".join(f"<div class='chart'>{svg[svg.find('<svg'):]}</div>" for svg in _chart_svgs(axes, runs))
     done = sum(r.status == "done" for r in runs)
-    same = ("; the same in every run: " + html.escape(", ".join(f"{k}={v!r}" for k, v in fixed.items()))) if fixed else ""
+    same = ("; the same in every run: " + html.escape(", ".join(f"{k}={_format(v)}" for k, v in fixed.items()))) if fixed else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(notebook.name)}: {len(runs)} runs</title>
 <style>{_INDEX_STYLE}</style></head>
