@@ -146,8 +146,8 @@ def rule_model(body: dict, *, guess: random.Random | None = None) -> str:
     if guess:
         answers = [guess.randint(0, 1) for _ in texts]
     elif "marked" in system:
-        answers = [int(bool(marks := [m.strip() for m in re.findall(r"<<(.*?)>>", t)]) and all(m == word for m in marks))
-                   for t in texts]
+        marked = [re.findall(r"\w+", " ".join(re.findall(r"<<(.*?)>>", t))) for t in texts]
+        answers = [int(bool(words) and all(w == word for w in words)) for words in marked]
     else:
         answers = [int(word in re.findall(r"\w+", t)) for t in texts]
     return "[" + ", ".join(map(str, answers)) + "]"
