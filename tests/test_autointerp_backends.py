@@ -51,6 +51,16 @@ def test_answer_with_and_without_logprobs(tmp_path):
         assert server.requests == 2 and "logprobs" not in server.bodies[1]
 
 
+def test_asks_again_with_max_completion_tokens_where_max_tokens_is_refused(tmp_path):
+    refusal = (400, "Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens' instead.")
+    with StubServer(echo, script=[refusal]) as server:
+        client = backend(server, tmp_path)
+        assert client.complete(HELLO, max_tokens=10).text == "Answer: 1 2 3"
+        client.complete([{"role": "user", "content": "Count: 4"}], max_tokens=10)
+        assert "max_tokens" in server.bodies[0]
+        assert [b.get("max_completion_tokens") for b in server.bodies[1:]] == [10, 10]
+
+
 def test_retries_failures_then_answers(tmp_path):
     script = [500, "drop", ("slow", 1.5), 503]
     with StubServer(echo, script=script) as server:

@@ -140,24 +140,33 @@ class _CachedBackend:
                  logprobs: int | None = None, attempt: int = 0) -> Completion:
         """One chat completion, from the cache when this exact request was answered before."""
         request = Request(messages, max_tokens, temperature, logprobs, attempt)
-        path = self._cache_path(request)
-        try:
-            cached = Completion(**json.loads(path.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError, TypeError):
-            pass
-        else:
-            cached.cached = True
-            with self._lock:
-                self._usage["cached"] += 1
+        cached = self._lookup(request)
+        if cached is not None:
             return cached
         completion = self._generate(request)
+        self._store(request, completion)
+        return completion
+
+    def _lookup(self, request: Request) -> Completion | None:
+        """The cached answer to ``request`` (counted as cached), or None."""
+        try:
+            cached = Completion(**json.loads(self._cache_path(request).read_text()))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+        cached.cached = True
+        with self._lock:
+            self._usage["cached"] += 1
+        return cached
+
+    def _store(self, request: Request, completion: Completion) -> None:
+        """Count a fresh answer and cache it."""
         with self._lock:
             self._usage["requests"] += 1
             self._usage["prompt_tokens"] += completion.prompt_tokens
             self._usage["completion_tokens"] += completion.completion_tokens
+        path = self._cache_path(request)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, asdict(completion), indent=None)
-        return completion
 
     def complete_many(self, requests: Sequence[Request], *, progress: bool = False,
                       desc: str | None = None) -> list[Completion]:
@@ -226,6 +235,7 @@ class OpenAIBackend(_CachedBackend):
         self.backoff = backoff
         self.max_wait = max_wait
         self._logprobs_refused = False
+        self._max_completion_tokens = False
 
     def __repr__(self) -> str:
         return (f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, "
@@ -239,16 +249,21 @@ class OpenAIBackend(_CachedBackend):
                                 "max_tokens": request.max_tokens, "temperature": request.temperature}
         if request.logprobs and not self._logprobs_refused:
             body |= {"logprobs": True, "top_logprobs": request.logprobs}
-        try:
-            answer = self._post(body)
-        except _Refused as refused:
-            if "logprobs" in body and "logprob" in refused.message.lower():
-                self._logprobs_refused = True  # a server without log-probabilities: ask without
-                body.pop("logprobs"), body.pop("top_logprobs")
-                answer = self._post(body)
-            else:
-                raise BackendError(refused.message) from None
-        return _parse_chat_answer(answer, self._scrub)
+        if self._max_completion_tokens:
+            body["max_completion_tokens"] = body.pop("max_tokens")
+        while True:  # each adjustment below is made at most once
+            try:
+                return _parse_chat_answer(self._post(body), self._scrub)
+            except _Refused as refused:
+                said = refused.message.lower()
+                if "logprobs" in body and "logprob" in said:
+                    self._logprobs_refused = True  # a server without log-probabilities: ask without
+                    body.pop("logprobs"), body.pop("top_logprobs")
+                elif "max_tokens" in body and "max_completion_tokens" in said:
+                    self._max_completion_tokens = True  # OpenAI's reasoning models renamed it
+                    body["max_completion_tokens"] = body.pop("max_tokens")
+                else:
+                    raise BackendError(refused.message) from None
 
     def _post(self, body: dict) -> dict:
         """POST ``body``, retrying what is worth retrying; the answer's JSON."""
@@ -351,19 +366,44 @@ def _parse_chat_answer(answer: dict, scrub) -> Completion:
 
 
 class LocalBackend(_CachedBackend):
-    """A Hugging Face chat model run locally by transformers, loaded on the first request."""
+    """A Hugging Face chat model run locally by transformers, loaded on the first request.
+
+    :meth:`complete_many` generates greedy requests ``batch_size`` at a time (left-padded);
+    sampled ones (a retry's) one at a time, seeded by the request, so they are reproducible."""
 
     kind = "local"
 
-    def __init__(self, model: str = "smollm2-135m", *, device: str = "cpu", cache_dir: str | Path | None = None) -> None:
+    def __init__(self, model: str = "smollm2-135m", *, device: str = "cpu", batch_size: int = 8,
+                 cache_dir: str | Path | None = None) -> None:
         """``model``: ``"smollm2-135m"`` (the embedded SmolLM2-135M-Instruct), a Hugging Face id or a folder."""
         super().__init__(model, cache_dir, None, None)
         self.device = device
+        self.batch_size = batch_size
         self._loaded: tuple[Any, Any] | None = None
         self._generate_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LocalBackend(model={self.model!r}, device={self.device!r})"
+
+    def complete_many(self, requests: Sequence[Request], *, progress: bool = False,
+                      desc: str | None = None) -> list[Completion]:
+        requests = list(requests)
+        answers: list[Completion | None] = [self._lookup(request) for request in requests]
+        missing = [i for i, answer in enumerate(answers) if answer is None]
+        groups: dict[tuple, list[int]] = {}
+        for i in missing:  # one batch shares its generation settings; sampling goes one by one
+            r = requests[i]
+            groups.setdefault((r.max_tokens, r.logprobs, r.temperature, i if r.temperature > 0 else -1), []).append(i)
+        with progress_bar(total=len(requests), initial=len(requests) - len(missing), desc=desc or self.name,
+                          unit="req", disable=not progress) as bar:
+            for indices in groups.values():
+                for start in range(0, len(indices), self.batch_size):
+                    chunk = indices[start:start + self.batch_size]
+                    for i, completion in zip(chunk, self._generate_batch([requests[i] for i in chunk])):
+                        self._store(requests[i], completion)
+                        answers[i] = completion
+                    bar.update(len(chunk))
+        return answers  # type: ignore[return-value]
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
@@ -373,47 +413,65 @@ class LocalBackend(_CachedBackend):
 
             source = _embedded_folder(self.model) if self.model in EMBEDDED else self.model
             hf, tokenizer = _from_pretrained(source, torch.float32)
+            tokenizer.padding_side = "left"  # generation continues every row from its end
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
             self._loaded = (hf.to(self.device).eval(), tokenizer)
         return self._loaded
 
     def _generate(self, request: Request) -> Completion:
+        return self._generate_batch([request])[0]
+
+    def _generate_batch(self, requests: list[Request]) -> list[Completion]:
+        """Answers to requests that share ``max_tokens``, ``logprobs`` and ``temperature``."""
         import torch
 
+        first = requests[0]
         with self._generate_lock:  # one generation at a time: the model is shared
             hf, tokenizer = self._load()
-            ids = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, return_tensors="pt")
-            if not isinstance(ids, torch.Tensor):  # newer transformers return a BatchEncoding
-                ids = ids["input_ids"]
-            ids = ids.to(self.device)
-            sample = request.temperature > 0
-            seed = int(hashlib.sha256(json.dumps(asdict(request), sort_keys=True).encode()).hexdigest()[:8], 16)
+            texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+                     for r in requests]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            sample = first.temperature > 0
+            seed = int(hashlib.sha256(json.dumps(asdict(first), sort_keys=True).encode()).hexdigest()[:8], 16)
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # a sampled answer (a retry's) is reproducible; the caller's RNG untouched
                 out = hf.generate(
-                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=request.max_tokens, do_sample=sample,
-                    temperature=request.temperature if sample else None, top_p=None, top_k=None,
-                    output_logits=bool(request.logprobs), return_dict_in_generate=True,
-                    pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                    **batch, max_new_tokens=first.max_tokens, do_sample=sample,
+                    temperature=first.temperature if sample else None, top_p=None, top_k=None,
+                    output_logits=bool(first.logprobs), return_dict_in_generate=True,
+                    pad_token_id=tokenizer.pad_token_id,
                 )
-            new = out.sequences[0, ids.shape[1]:].tolist()
             eos = {tokenizer.eos_token_id, *(_as_list(getattr(hf.generation_config, "eos_token_id", None)))}
-            n_kept = next((i for i, t in enumerate(new) if t in eos), len(new))
-            kept = new[:n_kept]
-            text = tokenizer.decode(kept, skip_special_tokens=True)
-            top_logprobs = tokens = None
-            if request.logprobs:
-                tokens = [tokenizer.decode([t]) for t in kept]
-                top_logprobs = []
-                for step in out.logits[:n_kept]:
-                    values, indices = torch.log_softmax(step[0].float(), dim=-1).topk(request.logprobs)
-                    alternatives: dict[str, float] = {}
-                    for value, index in zip(values.tolist(), indices.tolist()):
-                        token = tokenizer.decode([index])
-                        # distinct ids can decode alike: their probabilities add up
-                        alternatives[token] = math.log(math.exp(alternatives.get(token, -math.inf)) + math.exp(value))
-                    top_logprobs.append(alternatives)
-        return Completion(text=text, top_logprobs=top_logprobs, tokens=tokens,
-                          prompt_tokens=int(ids.shape[1]), completion_tokens=len(new))
+            width = batch["input_ids"].shape[1]
+            completions = []
+            for row in range(len(requests)):
+                new = out.sequences[row, width:].tolist()
+                n_kept = next((i for i, t in enumerate(new) if t in eos), len(new))
+                kept = new[:n_kept]
+                top_logprobs = tokens = None
+                if first.logprobs:
+                    tokens = [tokenizer.decode([t]) for t in kept]
+                    top_logprobs = [self._alternatives(tokenizer, step[row], first.logprobs)
+                                    for step in out.logits[:n_kept]]
+                completions.append(Completion(
+                    text=tokenizer.decode(kept, skip_special_tokens=True), top_logprobs=top_logprobs, tokens=tokens,
+                    prompt_tokens=int(batch["attention_mask"][row].sum()),
+                    completion_tokens=min(n_kept + 1, len(new))))  # the end-of-turn token counts
+        return completions
+
+    @staticmethod
+    def _alternatives(tokenizer: Any, logits: Any, n: int) -> dict[str, float]:
+        """The top ``n`` next tokens as text -> log-probability (ids decoding alike add up)."""
+        import torch
+
+        values, indices = torch.log_softmax(logits.float(), dim=-1).topk(n)
+        alternatives: dict[str, float] = {}
+        for value, index in zip(values.tolist(), indices.tolist()):
+            token = tokenizer.decode([index])
+            alternatives[token] = float(torch.logaddexp(torch.tensor(alternatives.get(token, -math.inf)),
+                                                        torch.tensor(value)))
+        return alternatives
 
 
 def _as_list(value: Any) -> list:
