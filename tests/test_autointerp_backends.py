@@ -132,6 +132,17 @@ def test_a_second_run_makes_no_requests(tmp_path):
         assert server.requests == 15
 
 
+def test_answers_that_came_back_are_kept_when_one_request_fails(tmp_path):
+    requests = [Request([{"role": "user", "content": f"Count: {i}"}], 10) for i in range(4)]
+    with StubServer(echo, script=[(400, "bad request")]) as server:
+        with pytest.raises(BackendError, match="HTTP 400.*bad request"):
+            backend(server, tmp_path, concurrency=2).complete_many(requests)
+        assert server.requests == 4
+        resumed = backend(server, tmp_path, concurrency=2)
+        assert len(resumed.complete_many(requests)) == 4
+        assert server.requests == 5 and resumed.usage["cached"] == 3
+
+
 def test_make_backend():
     assert isinstance(make_backend("openai", "m", base_url="http://127.0.0.1:1/v1"), OpenAIBackend)
     assert make_backend("local").name == "local:smollm2-135m"  # nothing loads until the first request

@@ -117,6 +117,19 @@ def test_the_right_explanation_scores_perfectly(tmp_path, logprobs):
         assert {v for d in simulation.details for v in d["predicted"]} == {0.0, 10.0}
 
 
+def test_many_features_at_once(tmp_path):
+    dog = [Example([w.replace("cat", "dog") for w in e.tokens], e.activations, e.label) for e in feature_examples(10)]
+    features = [(3, feature_examples(10)), (4, dog), (5, [e for e in dog if not e.label])]
+    with StubServer(rule_model, delay=0.2) as server:
+        backend = client(server, tmp_path)
+        found = LLMExplainer(backend).explain_many(features)
+        assert [e.text for e in found] == ['the word "cat"', 'the word "dog"', ""]
+        assert found[2].failed and server.requests == 2 and server.most_active == 2
+        scores = DetectionScorer(backend).score_many([(e, examples) for e, (_, examples) in zip(found, features)])
+    assert [s.feature for s in scores] == [3, 4, 5] and [s.value for s in scores[:2]] == [1.0, 1.0]
+    assert scores[2].failed and scores[2].failures == 5
+
+
 def test_metrics_match_a_hand_computed_case(tmp_path):
     """4 activating examples hold "cat"; of 4 non-activating ones, 2 hold "cat" too (hard negatives).
     Predictions: TPR 1, TNR 1/2, so balanced accuracy 3/4; F1 = 2*4 / (2*4 + 2 + 0) = 0.8;
