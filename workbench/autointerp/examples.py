@@ -106,9 +106,8 @@ class ExampleSource:
     """Builds :class:`FeatureExamples` for the features of one dictionary.
 
     ``stats`` are the dictionary's statistics over ``store`` (their windows give the activating
-    examples); ``dictionary`` re-encodes the pool contexts for the non-activating ones; ``decode``
-    turns token ids into strings (a tokenizer's ``batch_decode`` of single ids by default, else the
-    statistics' vocabulary). Call :meth:`prepare` with the features about to be built (one encoding
+    examples); ``dictionary`` re-encodes the pool contexts for the non-activating ones; ``tokenizer``
+    decodes the token ids of both (without one every token is written ``<id>``). Call :meth:`prepare` with the features about to be built (one encoding
     of the pool serves them all), then :meth:`build` for each.
     """
 
@@ -240,24 +239,30 @@ class ExampleSource:
         if missing:
             if self.tokenizer is not None:
                 texts = self.tokenizer.batch_decode([[i] for i in missing])
-            else:
-                texts = [self.stats.token(i) for i in missing]
+            else:  # the statistics' vocabulary covers their examples only: write every id alike
+                texts = [f"<{i}>" for i in missing]
             self._names.update(zip(missing, texts))
         return [self._names[i] for i in ids]
 
     def activating(self, feature: int) -> list[Example]:
-        """The statistics' examples of ``feature`` above the quiet level, each token once (top first)."""
+        """The statistics' examples of ``feature`` above the quiet level, each token once (top first).
+        Their tokens are decoded from the store's ids like the non-activating windows' (so the two
+        kinds never differ in how a token is written)."""
         card = self.stats.card(feature)
         threshold = self.threshold(feature)
-        seen: set[tuple[int, int]] = set()
-        out = []
+        picked: dict[tuple[int, int], tuple[str, dict]] = {}
         for group in card["groups"]:
             for e in group["examples"]:
                 where = (e["context"], e["position"])
-                if where in seen or not e["activation"] > threshold:
-                    continue
-                seen.add(where)
-                out.append(Example(list(e["tokens"]), [float(v) for v in e["values"]], True, group["kind"], where))
+                if where not in picked and e["activation"] > threshold:
+                    picked[where] = (group["kind"], e)
+        contexts = sorted({c for c, _ in picked})
+        ids = dict(zip(contexts, self.store.context_tokens(contexts))) if contexts else {}
+        out = []
+        for (context, position), (kind, e) in picked.items():
+            lo = position - e["focus"]
+            tokens = self._decode(ids[context][lo: lo + len(e["values"])].tolist())
+            out.append(Example(tokens, [float(v) for v in e["values"]], True, kind, (context, position)))
         return out
 
     def _window(self, pool_index: int, position: int, values: Tensor, kind: str) -> Example:
@@ -277,7 +282,7 @@ class ExampleSource:
         before, after = self.stats.meta["config"]["before"], self.stats.meta["config"]["after"]
         threshold = self.threshold(feature)
         # quiet[p, t]: the window around position t of pool context p stays at or below the threshold
-        peak = F.max_pool1d(F.pad(values.unsqueeze(1), (after, before), value=0.0), before + after + 1, stride=1)
+        peak = F.max_pool1d(F.pad(values.unsqueeze(1), (before, after), value=0.0), before + after + 1, stride=1)
         quiet = peak.squeeze(1) <= threshold
         quiet[:, 0] = False  # BOS holds no activation: never a window's token
         result = FeatureExamples(feature)
