@@ -154,6 +154,7 @@ def test_grid_expansion_and_folder_names():
     (["-p", "k", "abc"], "parameter k of tiny.ipynb takes an int \\(default 4\\); got 'abc', a str"),
     (["-p", "k", "2,x"], "takes an int"),  # one bad value of a grid refuses the whole grid
     (["-p", "scale", "'big'"], "takes a float"),
+    (["-p", "name", "3"], "takes a str \\(default \"tiny\"\\); got 3, an int; for the string, quote it: -p name \"'3'\""),
     (["-p", "out_dir", "x"], "set by `workbench report` inside --out"),
     (["-p", "k", "2", "-p", "k", "3"], "given twice"),
 ])
@@ -190,7 +191,7 @@ def test_headline_rules():
 # ---- runs
 
 
-def test_single_run_writes_the_executed_copy_html_and_headline(tiny, tmp_path, capsys):
+def test_single_run_writes_the_executed_copy_html_and_headline(tiny, tmp_path, capsys, counted):
     out = tmp_path / "single"
     assert cli.main(["report", str(tiny), "-p", "k", "3", "--out", str(out)]) == 0
     shown = capsys.readouterr().out
@@ -201,6 +202,9 @@ def test_single_run_writes_the_executed_copy_html_and_headline(tiny, tmp_path, c
     assert "[1/1] tiny.ipynb: done in" in shown and "product: 4.5" in shown and "name: tiny" in shown
     assert f"HTML:              {out / 'tiny.html'}" in shown
     assert not (out / "index.html").exists()
+    assert cli.main(["report", str(tiny), "-p", "k", "3", "--out", str(out)]) == 0 and len(counted) == 1
+    assert "done before with the same notebook and parameters, skipped" in capsys.readouterr().out
+    assert cli.main(["report", str(tiny), "-p", "k", "3", "--out", str(out), "--force"]) == 0 and len(counted) == 2
 
 
 def test_grid_runs_every_combination_resumably_and_records_failures(tiny, tmp_path, counted, capsys):
@@ -211,14 +215,15 @@ def test_grid_runs_every_combination_resumably_and_records_failures(tiny, tmp_pa
     assert len(counted) == 4
     for i in range(1, 5):
         assert f"[{i}/4] tiny.ipynb" in shown
-    assert "[3/4] tiny.ipynb k=13 scale=1: FAILED" in shown and "AssertionError: unlucky k" in shown
+    assert "[3/4] tiny.ipynb k=13 scale=1.0: FAILED" in shown and "AssertionError: unlucky k" in shown
     grid = json.loads((out / "grid.json").read_text())
     assert grid["axes"] == ["k", "scale"]
     assert [r["status"] for r in grid["runs"]] == ["done", "done", "failed", "failed"]
-    assert [r["headline"].get("product") for r in grid["runs"]] == [2, 5.0, None, None]
+    assert [r["headline"].get("product") for r in grid["runs"]] == [2.0, 5.0, None, None]
+    assert [r["parameters"]["scale"] for r in grid["runs"]] == [1.0, 2.5, 1.0, 2.5]  # floats, as the default
     assert (out / "k=2_scale=2.5" / "tiny.html").is_file()
-    assert (out / "k=13_scale=1" / "tiny.html").is_file()  # the executed copy up to the error, exported
-    assert json.loads((out / "k=13_scale=1" / "report.json").read_text())["error"] == "AssertionError: unlucky k"
+    assert (out / "k=13_scale=1.0" / "tiny.html").is_file()  # the executed copy up to the error, exported
+    assert json.loads((out / "k=13_scale=1.0" / "report.json").read_text())["error"] == "AssertionError: unlucky k"
 
     page = (out / "index.html").read_text()
     assert page.count("<tr class=") == 4 and page.count("<svg") == 1 and "<script" not in page
@@ -228,8 +233,6 @@ def test_grid_runs_every_combination_resumably_and_records_failures(tiny, tmp_pa
     assert cli.main(argv) == 1
     assert len(counted) == 6 and [a[0] for a in counted[4:]] == [tiny, tiny]
     assert capsys.readouterr().out.count("skipped (--force runs it again)") == 2
-    # --force runs everything again.
-    assert cli.main([*argv, "--force"]) == 1 and len(counted) == 10
 
 
 def test_a_finished_run_is_not_reused_for_other_parameters_or_an_edited_notebook(tiny, tmp_path):

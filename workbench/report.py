@@ -289,9 +289,10 @@ def check_parameters(notebook: Path, given: dict[str, list[Any]], parameters: di
         default = parameters[name].default
         for value in values:
             if not _fits(value, default):
+                hint = (f"; for the string, quote it: -p {name} \"'{value}'\"" if isinstance(default, str) else "")
                 raise ReportError(
                     f"parameter {name} of {notebook.name} takes {_article(parameters[name].kind)} "
-                    f"(default {parameters[name].source}); got {value!r}, a {type(value).__name__}")
+                    f"(default {parameters[name].source}); got {value!r}, {_article(type(value).__name__)}{hint}")
 
 
 def _article(kind: str) -> str:
@@ -514,6 +515,9 @@ def run_report(
     defaults = notebook_parameters(path)
     given = _given(parameters)
     check_parameters(path, given, defaults)
+    for name, values in given.items():  # an int where the default is a float: the float (`-p lr 1` -> 1.0)
+        if isinstance(defaults[name].default, float):
+            given[name] = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values]
     out = Path(out) if out is not None else Path("build") / "reports" / re.sub(r"^\d+[_-]", "", path.stem)
     combinations = expand_grid(given)
     axes = [name for name, values in given.items() if len(values) > 1]
