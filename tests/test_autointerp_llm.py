@@ -209,14 +209,14 @@ def test_the_embedded_model_explains_and_scores_a_feature(tmp_path):
     torch.set_num_threads(1)
     backend = LocalBackend("smollm2-135m", cache_dir=tmp_path / "cache")
     examples = feature_examples(4, length=6)
-    found = LLMExplainer(backend, max_examples=2, max_tokens=40, attempts=1).explain(3, examples)
+    found = LLMExplainer(backend, max_examples=2, max_tokens=24, attempts=1).explain(3, examples)
     assert found.failed or found.text.strip()  # whatever it said, it parsed or is a failure
     assert found.explainer == "local:smollm2-135m" and found.prompt_tokens > 0
     scored = found if not found.failed else explanation()
     # two prompts of two examples, generated as one left-padded batch
-    score = DetectionScorer(backend, batch_size=2, attempts=1, max_tokens=12).score(scored, examples)
+    score = DetectionScorer(backend, batch_size=2, attempts=1, max_tokens=10).score(scored, examples)
     assert score.scorer == "detection" and score.n + score.failures == 4
     assert score.failed or (0 <= score.value <= 1 and score.details[0]["probability"] is not None)
     assert backend.usage["requests"] == 3
-    LLMExplainer(backend, max_examples=2, max_tokens=40, attempts=1).explain(3, examples)
+    LLMExplainer(backend, max_examples=2, max_tokens=24, attempts=1).explain(3, examples)
     assert backend.usage["requests"] == 3 and backend.usage["cached"] == 1

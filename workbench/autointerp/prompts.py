@@ -113,7 +113,7 @@ def explainer_messages(examples: Sequence[Example], *, threshold: float = 0.3, m
     ]
 
 
-_EXPLANATION = re.compile(r"\[\s*explanation\s*\]\s*\**\s*:\s*\**(.*)", re.IGNORECASE)
+_EXPLANATION = re.compile(r"\[\s*explanation\s*\]\s*\**\s*:?\s*\**(.*)", re.IGNORECASE)
 
 
 def parse_explanation(text: str) -> str:
@@ -146,7 +146,8 @@ _DETECTION_SHOT = (
     "Text examples:\n\n"
     "Example 1: what do you guys think about it\n"
     "Example 2: the weather was nice all week\n"
-    "Example 3: thanks, you guys are the best",
+    "Example 3: thanks, you guys are the best\n\n"
+    "Answer with a list of 3 numbers, 0 or 1.",
     "[1, 0, 1]",
 )
 
@@ -161,7 +162,8 @@ _FUZZING_SHOT = (
     "Text examples:\n\n"
     "Example 1: what do you <<guys>> think about it\n"
     "Example 2: the <<weather>> was nice all week\n"
-    "Example 3: thanks, you guys <<are>> the best",
+    "Example 3: thanks, you guys <<are>> the best\n\n"
+    "Answer with a list of 3 numbers, 0 or 1.",
     "[1, 0, 0]",
 )
 
@@ -172,7 +174,8 @@ def _classifier_messages(system: str, shot: tuple[str, str], explanation: str, t
         {"role": "system", "content": system},
         {"role": "user", "content": shot[0]},
         {"role": "assistant", "content": shot[1]},
-        {"role": "user", "content": f"Feature explanation: {explanation}\n\nText examples:\n\n{listed}"},
+        {"role": "user", "content": f"Feature explanation: {explanation}\n\nText examples:\n\n{listed}\n\n"
+                                    f"Answer with a list of {len(texts)} numbers, 0 or 1."},
     ]
 
 
