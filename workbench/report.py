@@ -539,14 +539,20 @@ def run_report(
             log(f"  HTML:              {run.html}")
         for key, value in run.headline.items():
             log(f"  {key}: {_format(value)}")
+        if axes:  # after every run, so that the page shows a long grid's progress
+            page = write_grid(out, path, axes, runs)
     if axes:
-        from workbench.files import write_json
-
-        write_json(out / "grid.json", {"notebook": str(path), "axes": axes, "runs": [r.record() for r in runs]},
-                   default=str)
-        page = write_index(out, path, axes, runs)
         log(f"index of {len(runs)} runs: {page}")
     return runs
+
+
+def write_grid(out: Path, notebook: Path, axes: list[str], runs: list[Run]) -> Path:
+    """``out/grid.json`` (every run's parameters, status, headline figures) and ``out/index.html``."""
+    from workbench.files import write_json
+
+    write_json(out / "grid.json", {"notebook": str(notebook), "axes": axes, "runs": [r.record() for r in runs]},
+               default=str)
+    return write_index(out, notebook, axes, runs)
 
 
 def _say(line: str) -> None:
@@ -615,14 +621,14 @@ def write_index(out: Path, notebook: Path, axes: list[str], runs: list[Run]) -> 
         cells.append(f"<td>{'' if r.seconds is None else f'{r.seconds:.0f}'}</td>")
         rows.append(f'<tr class="{r.status}">' + "".join(cells) + "</tr>")
     charts = "".join(f"<div class='chart'>{svg[svg.find('<svg'):]}</div>" for svg in _chart_svgs(axes, runs))
-    done = sum(r.status == "done" for r in runs)
+    done, failed = sum(r.status == "done" for r in runs), sum(r.status == "failed" for r in runs)
     same = ("; the same in every run: " + html.escape(", ".join(f"{k}={_format(v)}" for k, v in fixed.items()))) if fixed else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(notebook.name)}: {len(runs)} runs</title>
 <style>{_INDEX_STYLE}</style></head>
 <body>
 <h1>{html.escape(notebook.name)}: {len(runs)} runs</h1>
-<p>{done} done, {len(runs) - done} failed. Grid over {html.escape(", ".join(axes))}{same}.
+<p>{done} done, {failed} failed, {len(runs) - done - failed} to run. Grid over {html.escape(", ".join(axes))}{same}.
 Each run's report is linked from its row.</p>
 <table class="wb-grid"><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
