@@ -38,7 +38,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -175,18 +175,22 @@ class _CachedBackend:
         requests = list(requests)
         if not requests:
             return []
-        with progress_bar(total=len(requests), desc=desc or self.name, unit="req", disable=not progress) as bar:
-            def one(request: Request) -> Completion:
-                completion = self.complete(request.messages, max_tokens=request.max_tokens,
-                                           temperature=request.temperature, logprobs=request.logprobs,
-                                           attempt=request.attempt)
-                bar.update(1)
-                return completion
+        def one(request: Request) -> Completion:
+            return self.complete(request.messages, max_tokens=request.max_tokens, temperature=request.temperature,
+                                 logprobs=request.logprobs, attempt=request.attempt)
 
+        with progress_bar(total=len(requests), desc=desc or self.name, unit="req", disable=not progress) as bar:
             if self.concurrency <= 1 or len(requests) == 1:
-                return [one(request) for request in requests]
+                answers = []
+                for request in requests:
+                    answers.append(one(request))
+                    bar.update(1)
+                return answers
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
                 futures = [pool.submit(one, request) for request in requests]
+                for future in as_completed(futures):  # the bar is drawn from this thread only
+                    future.result()
+                    bar.update(1)
                 return [future.result() for future in futures]
 
     def _cache_identity(self) -> dict:
