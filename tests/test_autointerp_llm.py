@@ -147,17 +147,17 @@ def test_metrics_match_a_hand_computed_case(tmp_path):
 
 
 def test_a_shuffled_explanation_or_random_answers_score_at_chance(tmp_path):
-    examples = feature_examples(200, seed=1)
+    examples = feature_examples(160, seed=1)
     with StubServer(rule_model) as server:
         backend = client(server, tmp_path)
         wrong = explanation('the word "dog"')  # another feature's explanation
         detection = DetectionScorer(backend).score(wrong, examples)
-        simulation = SimulationScorer(backend).score(wrong, examples[:100])
-    assert abs(detection.value - 0.5) < 0.1 and abs(detection.metrics["auc"] - 0.5) < 0.1
-    assert abs(simulation.value) < 0.15 and simulation.n == 800
+        simulation = SimulationScorer(backend).score(wrong, examples[:60])
+    assert abs(detection.value - 0.5) < 0.1 and abs(detection.metrics["auc"] - 0.5) < 0.1  # 0.48 here
+    assert abs(simulation.value) < 0.15 and simulation.n == 480  # r = -0.06 with this seed
     with StubServer(partial(rule_model, guess=random.Random(0))) as server:
         guessed = DetectionScorer(client(server, tmp_path / "guess")).score(explanation(), examples)
-    assert abs(guessed.value - 0.5) < 0.1
+    assert abs(guessed.value - 0.5) < 0.1  # 0.49 here
 
 
 def test_bad_answers_are_retried_then_recorded_as_failures(tmp_path):
