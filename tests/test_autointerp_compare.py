@@ -204,3 +204,51 @@ def test_runner_rejects_mismatched_inputs(case):
     with pytest.raises(ValueError, match="scorer"):
         run_autointerp(stats, dictionaries=dictionaries, store=store, explainer=TokenPatternExplainer(), scorers=[])
     assert Explanation(0, "", "x", failed=True).failed
+
+
+def test_a_larger_run_resumes_from_a_smaller_one(case, tmp_path):
+    store, dictionaries, stats, tokenizer, _ = case
+    kwargs = dict(dictionaries={"SAE": dictionaries["SAE"]}, store=store, scorers=[RuleScorer()], seed=5,
+                  out_dir=tmp_path / "ai", example_config=small_config(), tokenizer=tokenizer, progress=False,
+                  write_explanations=False)
+    small = run_autointerp({"SAE": stats["SAE"]}, explainer=Counting(TokenPatternExplainer()), n_features=2, **kwargs)
+    explainer = Counting(TokenPatternExplainer())
+    large = run_autointerp({"SAE": stats["SAE"]}, explainer=explainer, n_features=5, **kwargs)
+    assert large.records["SAE"][:2] == small.records["SAE"] and explainer.calls == 3
+    cold = run_autointerp({"SAE": stats["SAE"]}, explainer=TokenPatternExplainer(), n_features=5,
+                          **{**kwargs, "out_dir": None})
+    assert [r["feature"] for r in cold.records["SAE"]] == [r["feature"] for r in large.records["SAE"]]
+
+
+class Batched:
+    """An LLM-like explainer and scorer: the runner hands them a chunk's features at once."""
+
+    name = "batched"
+
+    def __init__(self):
+        self.batches = []
+        self.inner, self.rule = TokenPatternExplainer(), RuleScorer()
+
+    def explain_many(self, jobs):
+        self.batches.append(len(jobs))
+        return [self.inner.explain(f, ex) for f, ex in jobs]
+
+    def score_many(self, pairs):
+        self.batches.append(len(pairs))
+        return [self.rule.score(e, ex) for e, ex in pairs]
+
+    def explain(self, feature, examples):
+        raise AssertionError("explain_many is used")
+
+    def score(self, explanation, examples):
+        raise AssertionError("score_many is used")
+
+
+def test_explainers_and_scorers_with_batch_methods_get_whole_chunks(case):
+    store, dictionaries, stats, tokenizer, _ = case
+    batched = Batched()
+    result = run_autointerp({"SAE": stats["SAE"]}, dictionaries={"SAE": dictionaries["SAE"]}, store=store,
+                            explainer=batched, scorers=[batched], n_features=6, chunk=4, example_config=small_config(),
+                            progress=False, write_explanations=False)
+    assert result.summary["dictionaries"]["SAE"]["scores"]["batched"]["n"] == 6
+    assert max(batched.batches) > 1 and sum(batched.batches) == 2 * 6

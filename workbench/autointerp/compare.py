@@ -135,35 +135,58 @@ def _usage(parts: Sequence[Any]) -> dict[str, float]:
     return total
 
 
-def _explain_and_score(feature: int, source: ExampleSource, explainer: Explainer, scorers: Sequence[Scorer],
-                       stats: FeatureStats) -> dict:
+def _examples_record(feature: int, source: ExampleSource, stats: FeatureStats) -> tuple[dict, Any]:
+    """A feature's examples and the start of its record; ``eligible`` False (with the reason) when
+    either split lacks activating or non-activating examples."""
     cfg = source.config
-    t0 = time.perf_counter()
     examples = source.build(feature)
     record: dict[str, Any] = {"feature": feature, "counts": examples.counts(),
                               "skew": float(stats.skew[feature]), "kurtosis": float(stats.kurtosis[feature]),
                               "density": float(stats.density[feature]), "max": float(stats.tensors["max"][feature])}
     short = [f"{n} {split} {'activating' if label else 'non-activating'}"
              for split in ("train", "test") for label, need in ((True, cfg.min_activating), (False, cfg.min_negatives))
-             if (n := examples.n(split, label)) < need]
+             if (n := examples.n(split, label)) < max(need, 1)]
+    record["eligible"] = not short
     if short:
-        return {**record, "eligible": False, "reason": "only " + ", ".join(short)}
-    try:
-        explanation = explainer.explain(feature, examples.train)
-    except AutointerpFailure as error:
-        explanation = Explanation(feature, "", explainer.name, failed=True, rule={"error": str(error)})
-    scores = {}
-    for scorer in scorers:
-        if explanation.failed:
-            score = Score(feature, scorer.name, math.nan, failed=True)
-        else:
+        record["reason"] = "only " + ", ".join(short)
+    return record, examples
+
+
+def _explain(explainer: Explainer, jobs: list[tuple[int, Any]]) -> list[Explanation]:
+    """Explanations from the training examples: all at once where the explainer can (an LLM's
+    requests run concurrently), else one by one; an AutointerpFailure is recorded as a failed explanation."""
+    if hasattr(explainer, "explain_many"):
+        try:
+            return list(explainer.explain_many([(f, ex.train) for f, ex in jobs]))
+        except AutointerpFailure:
+            pass  # fall back to one at a time, so one bad feature fails alone
+    out = []
+    for feature, examples in jobs:
+        try:
+            out.append(explainer.explain(feature, examples.train))
+        except AutointerpFailure as error:
+            out.append(Explanation(feature, "", explainer.name, failed=True, rule={"error": str(error)}))
+    return out
+
+
+def _score(scorer: Scorer, pairs: list[tuple[Explanation, Any]]) -> list[Score]:
+    """Scores on the held-out examples (failed explanations get a failed score, never 0)."""
+    live = [(e, ex.test) for e, ex in pairs if not e.failed]
+    scored: list[Score] = []
+    if live and hasattr(scorer, "score_many"):
+        try:
+            scored = list(scorer.score_many(live))
+        except AutointerpFailure:
+            scored = []
+    if len(scored) != len(live):
+        scored = []
+        for explanation, test in live:
             try:
-                score = scorer.score(explanation, examples.test)
+                scored.append(scorer.score(explanation, test))
             except AutointerpFailure as error:
-                score = Score(feature, scorer.name, math.nan, failed=True, metrics={"error": str(error)})
-        scores[scorer.name] = asdict(score)
-    return {**record, "eligible": True, "explanation": asdict(explanation), "scores": scores,
-            "seconds": time.perf_counter() - t0}
+                scored.append(Score(explanation.feature, scorer.name, math.nan, failed=True, metrics={"error": str(error)}))
+    it = iter(scored)
+    return [Score(e.feature, scorer.name, math.nan, failed=True) if e.failed else next(it) for e, _ in pairs]
 
 
 def run_autointerp(
@@ -225,23 +248,49 @@ def run_autointerp(
             queue = [candidates[i] for i in order]
             while queue and len(done) < n_features:
                 batch, queue = queue[:chunk], queue[chunk:]
-                cached = {}
+                found: dict[int, dict] = {}
                 for feature in batch:
                     path = folder / f"feature_{feature}.json" if folder is not None else None
                     if path is not None and path.is_file():
-                        cached[feature] = json.loads(path.read_text())
-                source.prepare([f for f in batch if f not in cached])
+                        found[feature] = json.loads(path.read_text())
+                # only the new features that can still be needed (counting each as eligible), in order
+                fresh, expected = [], len(done)
                 for feature in batch:
+                    if expected >= n_features:
+                        break
+                    if feature in found:
+                        expected += bool(found[feature]["eligible"])
+                    else:
+                        fresh.append(feature)
+                        expected += 1
+                source.prepare(fresh)
+                t0 = time.perf_counter()
+                jobs = []
+                for feature in fresh:
+                    record, examples = _examples_record(feature, source, stats)
+                    found[feature] = record
+                    if record["eligible"]:
+                        jobs.append((feature, examples))
+                explanations = _explain(explainer, jobs)
+                scores = {scorer.name: _score(scorer, list(zip(explanations, [ex for _, ex in jobs])))
+                          for scorer in scorers}
+                for i, ((feature, _), explanation) in enumerate(zip(jobs, explanations)):
+                    found[feature].update(explanation=asdict(explanation),
+                                          scores={name: asdict(per[i]) for name, per in scores.items()})
+                seconds = (time.perf_counter() - t0) / max(len(fresh), 1)
+                for feature in fresh:
+                    found[feature]["seconds"] = seconds
+                    if folder is not None:
+                        write_json(folder / f"feature_{feature}.json", found[feature], indent=1, default=float)
+                for i, feature in enumerate(batch):
                     if len(done) >= n_features:
                         break
-                    record = cached.get(feature)
-                    if record is None:
-                        record = _explain_and_score(feature, source, explainer, scorers, stats)
-                        if folder is not None:
-                            write_json(folder / f"feature_{feature}.json", record, indent=1, default=float)
+                    if feature not in found:  # not needed so far: visit it next, in the same order
+                        queue = batch[i:] + queue
+                        break
                     checked += 1
-                    if record["eligible"]:
-                        done.append(record)
+                    if found[feature]["eligible"]:
+                        done.append(found[feature])
                         bar.update(1)
             records[name] = done
             summary["dictionaries"][name] = _summarise(name, stats, done, scorers, candidates, checked, seed)
