@@ -537,6 +537,8 @@ def run_report(
             log(f"  executed notebook: {run.notebook}")
         if run.html:
             log(f"  HTML:              {run.html}")
+        if (run.folder / "results.json").is_file():
+            log(f"  results:           {run.folder / 'results.json'}")
         for key, value in run.headline.items():
             log(f"  {key}: {_format(value)}")
         if axes:  # after every run, so that the page shows a long grid's progress
