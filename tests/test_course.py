@@ -41,9 +41,9 @@ def course_run(tmp_path_factory):
 
     def run(name: str, solutions: bool) -> ExecutedNotebook:
         if (name, solutions) not in done:
-            if name in ("03_reading_features", "04_causing_things") and (name, solutions) != ("04_causing_things", False):
-                run("02_real_activations", True)
             alone = (name, solutions) == ("04_causing_things", False)
+            if name in ("03_reading_features", "04_causing_things") and not alone:
+                run("02_real_activations", True)
             out_dir = tmp_path_factory.mktemp("alone") if alone else shared
             folder = tmp_path_factory.mktemp(f"{name}_{solutions}")
             tag = "solutions" if solutions else "blank"

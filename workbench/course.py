@@ -31,6 +31,7 @@ from workbench.charts import Chart
 __all__ = [
     "ToyModel",
     "ToySAE",
+    "bar_chart",
     "check_density",
     "check_encoder",
     "check_fvu",
@@ -47,7 +48,6 @@ __all__ = [
     "sparse_features",
     "train_toy_model",
     "train_toy_sae",
-    "bar_chart",
 ]
 
 RIGHT, WRONG, TODO = "✅", "❌", "✏️"
@@ -100,7 +100,10 @@ def _tensor(what: str, value: Any, shape: tuple[int, ...], meaning: str) -> Tens
 
 def _close(a: Tensor | float, b: Tensor | float, tol: float = 1e-4) -> bool:
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=tol, atol=tol * (1 + float(b.abs().max()) if b.numel() else 1)))
+    if a.shape != b.shape:
+        return False
+    scale = 1 + float(b.abs().max()) if b.numel() else 1.0
+    return bool(torch.allclose(a, b, rtol=tol, atol=tol * scale))
 
 
 def _number(what: str, value: Any, meaning: str) -> float | None:
@@ -230,7 +233,8 @@ def check_loss(loss: Callable | None) -> bool:
     hints = [
         (right / d_in, f"your loss is {d_in}x too small (d_in = {d_in}): you averaged over the dimensions too; "
                        "sum over d_in (.sum(-1)), then average over the batch (.mean())."),
-        (right * batch, f"your loss is {batch}x too large (the batch size): did you sum instead of mean over the batch?"),
+        (right * batch, f"your loss is {batch}x too large (the batch size): did you sum instead of mean over "
+                        "the batch?"),
         (-right, "wrong sign: a loss is >= 0 and training makes it smaller."),
         (float((x_hat.detach() - x).norm(dim=-1).mean()), "you averaged the error's length ||x - x_hat||; square it."),
         (float((x_hat.detach() - x).sum(-1).pow(2).mean()), "square each element before summing over d_in, not after."),
@@ -492,7 +496,8 @@ class ToySAE(nn.Module):
 @_one_thread()
 def train_toy_sae(data: Float[Tensor, "n d_in"], d_sae: int, k: int, *, encode: Callable | None,
                   topk: Callable | None, loss: Callable | None, ready: bool, steps: int = 2000,
-                  batch_size: int = 512, lr: float = 5e-3, seed: int = 0) -> tuple[Float[Tensor, "d_sae d_in"], list[float], str]:
+                  batch_size: int = 512, lr: float = 5e-3, seed: int = 0
+                  ) -> tuple[Float[Tensor, "d_sae d_in"], list[float], str]:
     """Train a TopK SAE on ``data`` and return its decoder rows (unit norm), its loss every ``steps // 50``
     steps, and who built it.
 
@@ -511,7 +516,8 @@ def train_toy_sae(data: Float[Tensor, "n d_in"], d_sae: int, k: int, *, encode: 
         result = train(sae, batches, TrainConfig(steps=steps, lr=lr, log_every=max(1, steps // 50)), progress=False)
         history = [row["loss"] for row in result.history if "loss" in row]
         W_dec = result.saes[0].W_dec.detach()
-        return W_dec / W_dec.norm(dim=1, keepdim=True), history, "the library's TopKSAE (finish the exercises to use yours)"
+        who = "the library's TopKSAE (finish the exercises to use yours)"
+        return W_dec / W_dec.norm(dim=1, keepdim=True), history, who
     sae = ToySAE(d_in, d_sae, seed=seed)
     with torch.no_grad():
         sae.b_dec.copy_(data.mean(0))

@@ -53,7 +53,8 @@ def top_token(acts: Float[Tensor, "n d_sae"], tokens: list[str], feature: int) -
 
 
 # ---- 04_causing_things ---------------------------------------------------------------------------
-def logit_diff(logits: Float[Tensor, "n vocab"], io_ids: Int[Tensor, " n"], s_ids: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
+def logit_diff(logits: Float[Tensor, "n vocab"], io_ids: Int[Tensor, " n"], s_ids: Int[Tensor, " n"]
+               ) -> Float[Tensor, " n"]:
     """Per prompt, the logit of the IO name minus that of the S name."""
     rows = torch.arange(logits.shape[0])
     return logits[rows, io_ids] - logits[rows, s_ids]
