@@ -157,13 +157,14 @@ def test_run_autointerp_samples_scores_resumes_and_writes_explanations(case, tmp
 
 def test_failures_are_counted_not_scored(case, tmp_path):
     store, dictionaries, stats, tokenizer, _ = case
-    source = ExampleSource(stats["SAE"], dictionaries["SAE"], store, config=small_config())
-    order = torch.randperm(len(source.candidates()), generator=torch.Generator().manual_seed(0)).tolist()
-    first = source.candidates()[order[0]]
+    plain = run_autointerp({"SAE": stats["SAE"]}, dictionaries={"SAE": dictionaries["SAE"]}, store=store,
+                           explainer=TokenPatternExplainer(), scorers=[RuleScorer()], n_features=4, seed=0,
+                           example_config=small_config(), progress=False, write_explanations=False)
+    first = plain.records["SAE"][0]["feature"]
     explainer = Counting(TokenPatternExplainer(), fail={first})
     result = run_autointerp({"SAE": stats["SAE"]}, dictionaries={"SAE": dictionaries["SAE"]}, store=store,
                             explainer=explainer, scorers=[RuleScorer()], n_features=4, seed=0,
-                            example_config=small_config(), progress=False)
+                            example_config=small_config(), progress=False, write_explanations=False)
     summary = result.summary["dictionaries"]["SAE"]
     assert summary["eligible"] == 4 and summary["explanation_failures"] == 1
     assert summary["scores"]["rule"]["failures"] == 1 and summary["scores"]["rule"]["n"] == 3

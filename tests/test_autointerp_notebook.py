@@ -11,9 +11,10 @@ import pytest
 from conftest import _run_notebook
 from test_notebooks import WIDGET_VIEW, outputs, plain_text
 
-AUTOINTERP_SMALL = dict(train_tokens=3000, ctx_len=64, d_sae=256, k=8, epochs=2, tokens=2048, fit_rows=2048,
-                        ica_iterations=5, n_features=4, n_top=6, n_intervals=3, per_interval=2, n_quantiles=3,
-                        per_quantile=2, n_random=4, n_hard=2, pool_contexts=16, min_activating=2, card_top=3)
+AUTOINTERP_SMALL = dict(train_tokens=3000, ctx_len=64, d_sae=256, k=8, epochs=2, tokens=2048, fit_rows=1024,
+                        ica_iterations=3, n_features=3, n_top=6, n_intervals=3, per_interval=2, n_quantiles=3,
+                        per_quantile=2, n_random=4, n_hard=2, pool_contexts=16, min_activating=2, logits=False,
+                        card_top=3)
 """Parameters that run the notebook (training its own small SAE) in about a minute on CPU."""
 
 NAMES = ["SAE", "neurons", "PCA", "ICA", "random"]
@@ -35,13 +36,13 @@ def test_autointerp_notebook_compares_five_dictionaries(autointerp_notebook):
     assert list(summary["dictionaries"]) == NAMES and summary["scorers"] == ["rule"]
     for name in NAMES:
         d = summary["dictionaries"][name]
-        assert d["eligible"] <= min(d["checked"], 4) and d["checked"] <= d["candidates"] <= d["n_features"]
+        assert d["eligible"] <= min(d["checked"], 3) and d["checked"] <= d["candidates"] <= d["n_features"]
         rule = d["scores"]["rule"]
         assert rule["n"] + rule["failures"] == d["eligible"]
         if rule["n"]:
             assert 0 <= rule["mean"] <= 1 and rule["ci"][0] <= rule["mean"] <= rule["ci"][1]
         assert results["chart"]["rule"][name]["mean"] == rule["mean"] or math.isnan(rule["mean"])
-    assert summary["dictionaries"]["SAE"]["eligible"] == 4  # a sparse dictionary always has quiet windows
+    assert summary["dictionaries"]["SAE"]["eligible"] == 3  # a sparse dictionary always has quiet windows
     for group in results["correlations"]["rule"].values():
         assert set(group) == {"skew", "kurtosis"}
     assert summary["usage"] == {} and summary["tokens"] == {"prompt": 0, "completion": 0}

@@ -26,6 +26,7 @@ import json
 import math
 import re
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -234,7 +235,10 @@ def run_autointerp(
             source = ExampleSource(stats, dictionaries[name], store[name] if isinstance(store, Mapping) else store,
                                    tokenizer=tokenizer, config=cfg)
             candidates = source.candidates()
-            order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
+            # a sample of its own per dictionary (seeded by the name too), so that dictionaries with
+            # as many candidates do not share the same feature ids
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            order = torch.randperm(len(candidates), generator=generator).tolist()
             key = {"stats": stats.meta.get("fingerprint", {}).get("dictionary_probe", stats.meta.get("created")),
                    "n_tokens": stats.n_tokens, "example_config": asdict(cfg), "explainer": explainer.name,
                    "scorers": [s.name for s in scorers], "seed": seed}
