@@ -30,7 +30,6 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from transformers import AutoTokenizer  # noqa: F401  (imported here so its import is not timed)
 
     from workbench.autointerp import ExampleConfig, RuleScorer, TokenPatternExplainer, run_autointerp
     from workbench.dictionaries import SAEDictionary

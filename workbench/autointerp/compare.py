@@ -190,6 +190,63 @@ def _score(scorer: Scorer, pairs: list[tuple[Explanation, Any]]) -> list[Score]:
     return [Score(e.feature, scorer.name, math.nan, failed=True) if e.failed else next(it) for e, _ in pairs]
 
 
+def _sample(order: list[int], source: ExampleSource, stats: FeatureStats, folder: Path | None, explainer: Explainer,
+            scorers: Sequence[Scorer], n_features: int, chunk: int, bar: Any) -> tuple[list[dict], int]:
+    """Visit the features in ``order`` a chunk at a time until ``n_features`` eligible ones are
+    explained and scored (read back from ``folder`` where done before); returns their records and
+    how many features were visited."""
+    done: list[dict] = []
+    checked = 0
+    queue = list(order)
+    while queue and len(done) < n_features:
+        batch, queue = queue[:chunk], queue[chunk:]
+        found: dict[int, dict] = {}
+        for feature in batch:
+            path = folder / f"feature_{feature}.json" if folder is not None else None
+            if path is not None and path.is_file():
+                found[feature] = json.loads(path.read_text())
+        # only the new features that can still be needed (counting each as eligible), in order
+        fresh, expected = [], len(done)
+        for feature in batch:
+            if expected >= n_features:
+                break
+            if feature in found:
+                expected += bool(found[feature]["eligible"])
+            else:
+                fresh.append(feature)
+                expected += 1
+        source.prepare(fresh)
+        t0 = time.perf_counter()
+        jobs = []
+        for feature in fresh:
+            record, examples = _examples_record(feature, source, stats)
+            found[feature] = record
+            if record["eligible"]:
+                jobs.append((feature, examples))
+        explanations = _explain(explainer, jobs)
+        scores = {scorer.name: _score(scorer, list(zip(explanations, [ex for _, ex in jobs])))
+                  for scorer in scorers}
+        for i, ((feature, _), explanation) in enumerate(zip(jobs, explanations)):
+            found[feature].update(explanation=asdict(explanation),
+                                  scores={name: asdict(per[i]) for name, per in scores.items()})
+        seconds = (time.perf_counter() - t0) / max(len(fresh), 1)
+        for feature in fresh:
+            found[feature]["seconds"] = seconds
+            if folder is not None:
+                write_json(folder / f"feature_{feature}.json", found[feature], indent=1, default=float)
+        for i, feature in enumerate(batch):
+            if len(done) >= n_features:
+                break
+            if feature not in found:  # not needed so far: visit it next, in the same order
+                queue = batch[i:] + queue
+                break
+            checked += 1
+            if found[feature]["eligible"]:
+                done.append(found[feature])
+                bar.update(1)
+    return done, checked
+
+
 def run_autointerp(
     stats_by_dictionary: Mapping[str, FeatureStats],
     *,
@@ -238,7 +295,7 @@ def run_autointerp(
             # a sample of its own per dictionary (seeded by the name too), so that dictionaries with
             # as many candidates do not share the same feature ids
             generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-            order = torch.randperm(len(candidates), generator=generator).tolist()
+            order = [candidates[i] for i in torch.randperm(len(candidates), generator=generator).tolist()]
             key = {"stats": stats.meta.get("fingerprint", {}).get("dictionary_probe", stats.meta.get("created")),
                    "n_tokens": stats.n_tokens, "example_config": asdict(cfg), "explainer": explainer.name,
                    "scorers": [s.name for s in scorers], "seed": seed}
@@ -247,55 +304,7 @@ def run_autointerp(
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
                 write_json(folder / "key.json", key)
-            done: list[dict] = []
-            checked = 0
-            queue = [candidates[i] for i in order]
-            while queue and len(done) < n_features:
-                batch, queue = queue[:chunk], queue[chunk:]
-                found: dict[int, dict] = {}
-                for feature in batch:
-                    path = folder / f"feature_{feature}.json" if folder is not None else None
-                    if path is not None and path.is_file():
-                        found[feature] = json.loads(path.read_text())
-                # only the new features that can still be needed (counting each as eligible), in order
-                fresh, expected = [], len(done)
-                for feature in batch:
-                    if expected >= n_features:
-                        break
-                    if feature in found:
-                        expected += bool(found[feature]["eligible"])
-                    else:
-                        fresh.append(feature)
-                        expected += 1
-                source.prepare(fresh)
-                t0 = time.perf_counter()
-                jobs = []
-                for feature in fresh:
-                    record, examples = _examples_record(feature, source, stats)
-                    found[feature] = record
-                    if record["eligible"]:
-                        jobs.append((feature, examples))
-                explanations = _explain(explainer, jobs)
-                scores = {scorer.name: _score(scorer, list(zip(explanations, [ex for _, ex in jobs])))
-                          for scorer in scorers}
-                for i, ((feature, _), explanation) in enumerate(zip(jobs, explanations)):
-                    found[feature].update(explanation=asdict(explanation),
-                                          scores={name: asdict(per[i]) for name, per in scores.items()})
-                seconds = (time.perf_counter() - t0) / max(len(fresh), 1)
-                for feature in fresh:
-                    found[feature]["seconds"] = seconds
-                    if folder is not None:
-                        write_json(folder / f"feature_{feature}.json", found[feature], indent=1, default=float)
-                for i, feature in enumerate(batch):
-                    if len(done) >= n_features:
-                        break
-                    if feature not in found:  # not needed so far: visit it next, in the same order
-                        queue = batch[i:] + queue
-                        break
-                    checked += 1
-                    if found[feature]["eligible"]:
-                        done.append(found[feature])
-                        bar.update(1)
+            done, checked = _sample(order, source, stats, folder, explainer, scorers, n_features, chunk, bar)
             records[name] = done
             summary["dictionaries"][name] = _summarise(name, stats, done, scorers, candidates, checked, seed)
             if write_explanations:
