@@ -609,7 +609,7 @@ def matrix_chart(M: Float[Tensor, "m n"], *, title: str, xlabel: str = "", ylabe
         fig.colorbar(image, ax=ax, shrink=0.8)
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
 
-    return _chart(draw, title, (5.2, 3.8))
+    return _chart(draw, title, (6.4, 3.8))
 
 
 def bar_chart(values: Sequence[float], *, title: str, xlabel: str = "", ylabel: str = "",
