@@ -577,7 +577,7 @@ tr.failed td { background: #fdecea; }
 
 def _chart_svgs(axes: list[str], runs: list[Run]) -> list[str]:
     """Line charts of each numeric headline figure against the first numeric axis, one line per
-    value of the other axes, up to three panels a chart (:func:`workbench.charts.line_chart`)."""
+    value of the other axes, up to three panels a chart, as evenly as they go (:func:`workbench.charts.line_chart`)."""
     from workbench.charts import line_chart
 
     done = [r for r in runs if r.status == "done"]
@@ -597,7 +597,8 @@ def _chart_svgs(axes: list[str], runs: list[Run]) -> list[str]:
             row["with"] = ", ".join(f"{a}={r.parameters[a]}" for a in others)
         rows.append(row)
     series = others[0] if len(others) == 1 else ("with" if others else None)
-    return [line_chart(rows, keys[i:i + 3], x=x, series=series).svg for i in range(0, len(keys), 3)]
+    per_chart = math.ceil(len(keys) / math.ceil(len(keys) / 3))  # 4 figures: 2 + 2, not 3 + 1
+    return [line_chart(rows, keys[i:i + per_chart], x=x, series=series).svg for i in range(0, len(keys), per_chart)]
 
 
 def write_index(out: Path, notebook: Path, axes: list[str], runs: list[Run]) -> Path:
