@@ -12,9 +12,13 @@ from workbench.attribute import (
     counterfactual_patches,
     dictionary_basis,
     dictionary_directions,
+    first_below,
     flat_acdc,
+    log_grid,
+    measure_steps,
     prepare_counterfactual,
     single_direction_effects,
+    top_n_patches,
 )
 from workbench.capture import capture
 from workbench.dictionaries import ICADictionary, NeuronDictionary, PCADictionary, RandomDictionary, SAEDictionary
@@ -201,6 +205,54 @@ def test_flat_acdc(model_and_dictionaries, kind):
     # speculative batches give the one-at-a-time search's answer
     one_at_a_time = flat_acdc(counterfactual, taus, seed=1, batch_size=1)
     assert [s.patched for s in one_at_a_time] == [s.patched for s in steps]
+
+
+def test_flat_acdc_without_the_rest_node(model_and_dictionaries):
+    model, dictionaries = model_and_dictionaries
+    dictionary, hookpoint = dictionaries["sae"]
+    clean, cf = prompts()
+    counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean, cf)
+    rest = counterfactual.n_directions - 1
+    assert rest in counterfactual.active().tolist() and rest not in counterfactual.active(rest=False).tolist()
+    steps = flat_acdc(counterfactual, [1e-9], seed=0, rest=False)
+    assert rest not in steps[0].patched  # C24: the SAE's error term stays that of the clean run
+
+
+@pytest.mark.parametrize("kind", ["sae", "pca", "standard"])
+def test_top_n_patches_by_attribution(model_and_dictionaries, kind):
+    model, dictionaries = model_and_dictionaries
+    dictionary, hookpoint = dictionaries[kind]
+    clean, cf = prompts()
+    counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean, cf)
+    scores = attribution_scores(counterfactual)
+    for rest in (True, False):
+        active = counterfactual.active(rest)
+        steps = top_n_patches(counterfactual, scores, rest=rest)
+        assert [s.n_patched for s in steps] == log_grid(len(active))
+        assert steps[0].kl == pytest.approx(float(counterfactual.clean_kl.mean()), rel=1e-5)
+        ranked = active[torch.argsort(scores[active], stable=True)].tolist()
+        for step in steps:
+            assert step.patched == ranked[:step.n_patched]  # most negative score first
+            again = counterfactual_patches(counterfactual, [step.patched])
+            assert step.kl == pytest.approx(float(again.kl.mean()), rel=1e-5, abs=1e-9)
+        if rest:  # everything patched, the rest node included: the counterfactual run
+            assert steps[-1].kl < 1e-5
+    # steps found on two prompts, measured again on all four
+    few = prepare_counterfactual(model, dictionary, hookpoint, clean[:2], cf[:2])
+    found = top_n_patches(few, attribution_scores(few), [0, 3])
+    again = measure_steps(counterfactual, found)
+    assert [s.patched for s in again] == [s.patched for s in found]
+    expected = counterfactual_patches(counterfactual, [s.patched for s in found])
+    assert [s.kl for s in again] == pytest.approx(expected.kl.mean(1).tolist(), rel=1e-6)
+    target = again[0].kl * 0.5
+    hit = first_below(again, target)
+    assert hit is None or (hit.kl <= target and hit.n_patched == min(s.n_patched for s in again if s.kl <= target))
+
+
+def test_log_grid():
+    assert log_grid(0) == [0]
+    assert log_grid(1) == [0, 1]
+    assert log_grid(20) == [0, 1, 2, 3, 4, 6, 8, 11, 16, 20]
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])

@@ -323,11 +323,11 @@ class Counterfactual:
         """Dictionary directions plus the rest node (the last index)."""
         return self.delta_c.shape[-1] + 1
 
-    def active(self) -> Int[Tensor, " k"]:
+    def active(self, rest: bool = True) -> Int[Tensor, " k"]:
         """Directions whose coefficient differs on some prompt and position (the rest node included
-        when it is non-zero): the only ones whose patching changes anything."""
+        when it is non-zero and ``rest``): the only ones whose patching changes anything."""
         moved = self.delta_c.ne(0).flatten(0, 1).any(0)
-        rest = self.delta_rest.ne(0).any().reshape(1)
+        rest = (self.delta_rest.ne(0).any() & rest).reshape(1)
         return torch.nonzero(torch.cat([moved, rest])).flatten().cpu()
 
     def delta(self, masks: Bool[Tensor, "k n_directions"] | Float[Tensor, "k n_directions"]
@@ -532,11 +532,15 @@ def default_taus(counterfactual: Counterfactual, n: int = 9) -> list[float]:
 
 
 def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *, seed: int = 0,
-              batch_size: int = 64) -> list[SearchStep]:
+              batch_size: int = 64, rest: bool = True) -> list[SearchStep]:
     """Cunningham et al.'s search (ACDC on a flat graph): start with every active direction
     (:meth:`Counterfactual.active`) patched; for each ``tau`` in ascending order
     (:func:`default_taus` if None), visit the patched directions in a random order (seeded) and
     un-patch one whenever the mean KL rises by less than ``tau``. Returns a step per ``tau``.
+
+    ``rest=False`` leaves the rest node out: it is never patched, so an SAE's error term (what a
+    dictionary does not explain) stays that of the clean run, as in C24; then patching everything
+    need not reach the counterfactual.
 
     Directions that never move cannot change anything and are left out. Candidates are tried in
     speculative batches of trial un-patches against the current state (``batch_size`` prompt x
@@ -549,7 +553,7 @@ def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *
     n_prompts = cf.clean_ids.shape[0]
     largest = max(1, batch_size // n_prompts)
     patched = torch.zeros(cf.n_directions, dtype=torch.bool)
-    patched[cf.active()] = True
+    patched[cf.active(rest)] = True
     current = float(counterfactual_patches(cf, patched[None], batch_size=batch_size).kl.mean())
     generator = torch.Generator().manual_seed(seed)
     steps, chunk = [], 1
@@ -575,3 +579,54 @@ def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *
         steps.append(SearchStep(tau, int(patched.sum()), float(final.kl.mean()), float(final.edit_size.mean()),
                                 torch.nonzero(patched).flatten().tolist()))
     return steps
+
+
+# ---- attribution-ranked patching, re-measurement, and the KL target ------------------------------
+def log_grid(largest: int, per_octave: int = 2) -> list[int]:
+    """Patch counts ``0, 1, 2, 3, 4, 6, 8, ...`` (``per_octave`` per doubling) up to ``largest``."""
+    ns, x = {0, largest}, 1.0
+    while x < largest:
+        ns.add(int(round(x)))
+        x *= 2 ** (1 / per_octave)
+    return sorted(n for n in ns if n <= largest)
+
+
+def top_n_patches(counterfactual: Counterfactual, scores: Float[Tensor, " n_directions"],
+                  ns: list[int] | None = None, *, batch_size: int = 64, rest: bool = True) -> list[SearchStep]:
+    """Patch the ``n`` active directions (the rest node among them unless ``rest=False``) with the
+    lowest attribution scores (:func:`attribution_scores`: most negative first, those estimated to
+    bring the run closest to the counterfactual), for each ``n`` in ``ns`` (default
+    :func:`log_grid` over the active directions), and measure KL and edit size.
+    ``SearchStep.tau`` is the score of the last direction patched (NaN for ``n = 0``)."""
+    cf = counterfactual
+    active = cf.active(rest)
+    ranked = active[torch.argsort(scores[active], stable=True)]
+    ns = log_grid(len(ranked)) if ns is None else sorted({min(int(n), len(ranked)) for n in ns})
+    masks = torch.zeros(len(ns), cf.n_directions, dtype=torch.bool)
+    for row, n in enumerate(ns):
+        masks[row, ranked[:n]] = True
+    result = counterfactual_patches(cf, masks, batch_size=batch_size)
+    return [SearchStep(float(scores[ranked[n - 1]]) if n else float("nan"), n, float(result.kl[row].mean()),
+                       float(result.edit_size[row].mean()), ranked[:n].tolist())
+            for row, n in enumerate(ns)]
+
+
+def measure_steps(counterfactual: Counterfactual, steps: list[SearchStep], *, batch_size: int = 64
+                  ) -> list[SearchStep]:
+    """``steps`` (found on some prompts, e.g. :func:`flat_acdc` on a subset) measured again on
+    ``counterfactual``'s prompts: same thresholds and patched ids, KL and edit size from these
+    prompts. Directions are the same dictionary's, so ids carry over; a direction that does not
+    move on these prompts changes nothing."""
+    if not steps:
+        return []
+    masks = counterfactual.masks([s.patched for s in steps])
+    result = counterfactual_patches(counterfactual, masks, batch_size=batch_size)
+    return [s._replace(kl=float(result.kl[i].mean()), edit_size=float(result.edit_size[i].mean()))
+            for i, s in enumerate(steps)]
+
+
+def first_below(steps: list[SearchStep], target: float) -> SearchStep | None:
+    """The step with the fewest patched directions whose KL is at most ``target`` (ties: the
+    smaller edit), or None when no step gets there."""
+    ok = [s for s in steps if s.kl <= target]
+    return min(ok, key=lambda s: (s.n_patched, s.edit_size)) if ok else None

@@ -183,3 +183,20 @@ def capture_corpus(cfg: CaptureConfig, *, model: Model | None = None, progress: 
     return capture(model, cfg.hookpoint, contexts, cfg.out, batch_size=cfg.batch_size, drop_bos=cfg.drop_bos,
                    dtype=getattr(torch, cfg.dtype), contexts_per_shard=cfg.contexts_per_shard, meta=meta,
                    progress=progress)
+
+
+@torch.inference_mode()
+def attention_patterns(model: Model, input_ids: Int[Tensor, "batch seq"]) -> Float[Tensor, "layer batch head seq seq"]:
+    """Every layer's attention probabilities on ``input_ids`` (row: the attending position).
+
+    Fused attention kernels do not return probabilities, so the model runs once with eager
+    attention, then is switched back to the implementation it had.
+    """
+    hf = model.hf
+    before = hf.config._attn_implementation
+    hf.set_attn_implementation("eager")
+    try:
+        out = hf(input_ids.to(model.device), output_attentions=True)
+    finally:
+        hf.set_attn_implementation(before)
+    return torch.stack([a.float() for a in out.attentions])
