@@ -1,6 +1,7 @@
 """What binder and CI run: binder/ installs the same pinned stack as `make` plus JupyterLab with the
-widgets' front ends, and fetches the model and corpus; CI cannot skip the browser tests
-(bench/binder_venv.sh builds a venv from binder/ alone and runs the notebook tests in it)."""
+widgets' front ends, and fetches the model and corpus; CI cannot skip the browser tests; every
+notebook is executed by some test (bench/binder_venv.sh builds a venv from binder/ alone and runs
+those tests in it)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,14 @@ chromium = real.chromium
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.parseoutcomes() == {"errors": 1}
     result.stdout.fnmatch_lines(["*no chromium on PATH*CI must run the browser tests*"])
+
+
+@pytest.mark.parametrize("notebook", sorted(p.relative_to(ROOT / "notebooks").as_posix()
+                                             for p in (ROOT / "notebooks").rglob("*.ipynb")
+                                             if ".ipynb_checkpoints" not in p.parts))
+def test_every_notebook_is_executed_by_a_test(notebook):
+    stem = Path(notebook).stem
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py")
+                       if p.name not in ("test_report.py", "test_binder.py"))  # names there are not runs
+    assert re.search(rf"[\"'/]{re.escape(stem)}(\.ipynb)?[\"']", tests), (
+        f"no test runs notebooks/{notebook} (papermill, small parameters): CI and bench/binder_venv.sh miss it")
