@@ -19,7 +19,7 @@ comparable for the random dictionary's pinv directions, which are not unit). On 
 directions: the measured effect (:func:`single_direction_effects`, mean KL(cf || patched) -
 mean KL(cf || clean)) and :func:`attribution_scores` with ``steps=1`` (attribution patching) and
 ``steps=10`` (integrated gradients). Spearman between score and measured effect per dictionary
-and method (ranks from torch ``argsort``, ties broken by order: no averaging of tied ranks). The
+and method (:func:`workbench.stats.correlation`: tied values share their mean rank). The
 rest node's score and effect are printed too, outside the correlation.
 
 ``kl_all_patched``: the mean KL with every active direction and the rest node patched. At an MLP
@@ -54,19 +54,8 @@ from workbench.attribute import (attribution_scores, counterfactual_patches, fla
 from workbench.dictionaries import ICADictionary, NeuronDictionary, PCADictionary, RandomDictionary, SAEDictionary
 from workbench.ioi import TEMPLATES, batches, evaluate_ioi, filter_correct, ioi_prompts, stack_ids
 from workbench.models import load_model
+from workbench.stats import correlation
 from workbench.store import ActivationStore
-
-
-def ranks(x: torch.Tensor) -> torch.Tensor:
-    r = torch.empty_like(x, dtype=torch.float64)
-    r[torch.argsort(x)] = torch.arange(len(x), dtype=torch.float64)
-    return r
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = ranks(a.double()), ranks(b.double())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-30))
 
 
 def emit(record: dict) -> None:
@@ -160,7 +149,7 @@ def main() -> None:
             t3 = time.perf_counter()
             scores = attribution_scores(cf, steps=steps)
             seconds = time.perf_counter() - t3
-            rho = spearman(scores[chosen], measured)
+            rho = correlation(scores[chosen].tolist(), measured.tolist())["spearman"]
             emit({"what": "spearman", "dictionary": name, "method": "attribution" if steps == 1 else "ig10",
                   "steps": steps, "spearman": round(rho, 4), "k": len(chosen),
                   "clean_kl": record["clean_kl"], "rest_score": float(scores[-1]), "rest_effect": measured_rest,

@@ -39,7 +39,7 @@ from workbench.autointerp.types import AutointerpFailure, Explainer, Explanation
 from workbench.features import FeatureStats
 from workbench.files import write_json
 from workbench.progress import progress_bar
-from workbench.stats import N_RESAMPLES, bootstrap_sums, percentile_interval
+from workbench.stats import correlation, mean_interval
 from workbench.store import ActivationStore
 
 __all__ = ["AutointerpResult", "correlation", "mean_interval", "run_autointerp"]
@@ -66,56 +66,6 @@ class AutointerpResult:
             rows.append([name, f"{m['mean']:.3f} ({m['ci'][0]:.3f}-{m['ci'][1]:.3f})", str(m["n"]), str(m["failures"]),
                          f"{s['eligible']}/{s['checked']} checked, {s['candidates']:,} candidates of {s['n_features']:,}"])
         return rows
-
-
-def mean_interval(values: Sequence[float], *, seed: int = 0, level: float = 0.95) -> dict:
-    """Mean of ``values`` with a percentile bootstrap interval (NaN when empty)."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return {"mean": math.nan, "ci": [math.nan, math.nan], "n": 0}
-    per_item = torch.tensor(values, dtype=torch.float64).unsqueeze(1)
-    means = bootstrap_sums(per_item, seed=seed)[:, 0] / len(values)
-    low, high = percentile_interval(means, level)
-    return {"mean": sum(values) / len(values), "ci": [low, high], "n": len(values)}
-
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks along the last dimension (ties share their mean rank)."""
-    order = x.argsort(dim=-1)
-    sorted_x = x.gather(-1, order)
-    n = x.shape[-1]
-    position = torch.arange(n, dtype=torch.float64).expand_as(x).clone()
-    # tie groups: the mean position of each run of equal sorted values
-    new_group = torch.ones_like(sorted_x, dtype=torch.bool)
-    new_group[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
-    group = new_group.long().cumsum(-1) - 1
-    sums = torch.zeros_like(position).scatter_add_(-1, group, position)
-    counts = torch.zeros_like(position).scatter_add_(-1, group, torch.ones_like(position))
-    mean_position = (sums / counts.clamp_min(1)).gather(-1, group)
-    return torch.empty_like(position).scatter_(-1, order, mean_position)
-
-
-def _pearson_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    x = x - x.mean(-1, keepdim=True)
-    y = y - y.mean(-1, keepdim=True)
-    return (x * y).sum(-1) / ((x * x).sum(-1) * (y * y).sum(-1)).sqrt()
-
-
-def correlation(x: Sequence[float], y: Sequence[float], *, seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict:
-    """Pearson and Spearman correlations of paired values with percentile bootstrap 95% intervals
-    (pairs resampled together; non-finite pairs dropped)."""
-    pairs = [(a, b) for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
-    out = {"n": len(pairs), "pearson": math.nan, "pearson_ci": [math.nan, math.nan], "spearman": math.nan,
-           "spearman_ci": [math.nan, math.nan]}
-    if len(pairs) < 3:
-        return out
-    xs = torch.tensor([a for a, _ in pairs], dtype=torch.float64)
-    ys = torch.tensor([b for _, b in pairs], dtype=torch.float64)
-    draws = torch.randint(0, len(pairs), (n_resamples, len(pairs)), generator=torch.Generator().manual_seed(seed))
-    for name, transform in (("pearson", lambda v: v), ("spearman", _ranks)):
-        out[name] = float(_pearson_rows(transform(xs.unsqueeze(0)), transform(ys.unsqueeze(0)))[0])
-        out[f"{name}_ci"] = list(percentile_interval(_pearson_rows(transform(xs[draws]), transform(ys[draws]))))
-    return out
 
 
 def _slug(name: str) -> str:
