@@ -135,11 +135,7 @@ def logits_from_block(
     :func:`logits_with` at the cost of the upper layers only; with the stream entering an
     earlier block, it skips the blocks in between.
     """
-    points = ordered(model, list(edits or {}))
-    if points and points[0].layer < layer:
-        raise ValueError(f"edit at {points[0].name} is below block {layer}, where this forward pass starts")
-    with _blocks_below(model, layer, residual):
-        return logits_with(model, input_ids, edits)
+    return _logits_from_block(model, input_ids, layer, residual, edits, final_only=False)
 
 
 @torch.inference_mode()
@@ -152,11 +148,16 @@ def final_logits_from_block(
 ) -> Float[Tensor, "batch vocab"]:
     """:func:`logits_from_block` at the final position only (the unembedding runs on that position
     alone): what a next-token metric at the end of a prompt needs."""
+    return _logits_from_block(model, input_ids, layer, residual, edits, final_only=True)[:, -1]
+
+
+def _logits_from_block(model: Model, input_ids: Tensor, layer: int, residual: Tensor, edits: dict[str, Edit] | None,
+                       *, final_only: bool) -> Tensor:
     points = ordered(model, list(edits or {}))
     if points and points[0].layer < layer:
         raise ValueError(f"edit at {points[0].name} is below block {layer}, where this forward pass starts")
     with _blocks_below(model, layer, residual):
-        return _logits_with(model, input_ids, edits, final_only=True)[:, -1]
+        return _logits_with(model, input_ids, edits, final_only=final_only)
 
 
 @contextmanager
