@@ -14,6 +14,7 @@ from workbench.attribute import (
     dictionary_directions,
     first_below,
     flat_acdc,
+    kl_gradient,
     log_grid,
     measure_steps,
     prepare_counterfactual,
@@ -182,6 +183,26 @@ def test_attribution_scores_follow_single_direction_effects(model_and_dictionari
     full = counterfactual_patches(counterfactual, torch.ones(1, counterfactual.n_directions, dtype=torch.bool)).kl
     total = float(full.mean() - counterfactual.clean_kl.mean())
     assert float(attribution_scores(counterfactual, steps=10).sum()) == pytest.approx(total, rel=0.05)
+
+
+def test_one_gradient_serves_every_dictionary_and_any_first_prompts(model_and_dictionaries):
+    """KL's gradient along the patching path is the hook point's, not the dictionary's: computed once
+    (here with the standard basis), it gives every dictionary's scores, and its first rows the scores
+    on the first prompts."""
+    model, dictionaries = model_and_dictionaries
+    clean, cf = prompts()
+    for steps in (1, 4):
+        shared = kl_gradient(prepare_counterfactual(model, None, RESID, clean, cf), steps=steps)
+        for kind in ("sae", "pca", "ica", "random_overcomplete"):
+            dictionary, hookpoint = dictionaries[kind]
+            counterfactual = prepare_counterfactual(model, dictionary, hookpoint, clean, cf)
+            own = attribution_scores(counterfactual, steps=steps)
+            torch.testing.assert_close(attribution_scores(counterfactual, gradient=shared), own, atol=1e-5, rtol=1e-4)
+            first = prepare_counterfactual(model, dictionary, hookpoint, clean[:2], cf[:2])
+            torch.testing.assert_close(attribution_scores(first, gradient=shared[:2]),
+                                       attribution_scores(first, steps=steps), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="does not fit these prompts"):
+        attribution_scores(first, gradient=shared)
 
 
 @pytest.mark.parametrize("kind", ["pca", "sae"])

@@ -41,7 +41,8 @@ output from the counterfactual (attention beside it stays clean).
   (:func:`workbench.intervene.final_logits_from_block`); :func:`counterfactual_patch` does both for
   one mask;
 * :func:`attribution_scores`: attribution patching (``steps=1``) and integrated gradients, an
-  estimate per direction; :func:`single_direction_effects` measures what they estimate;
+  estimate per direction, from :func:`kl_gradient` (the same for every dictionary at a hook
+  point, so computed once for all); :func:`single_direction_effects` measures what they estimate;
 * :func:`flat_acdc`: C24's search, (number patched, KL, edit size) per threshold.
 """
 
@@ -78,6 +79,7 @@ __all__ = [
     "dictionary_directions",
     "feature_diff",
     "flat_acdc",
+    "kl_gradient",
     "prepare_counterfactual",
     "prompt_attribution",
     "single_direction_effects",
@@ -468,8 +470,25 @@ def _kl_gradient(cf: Counterfactual, alpha: float, batch_size: int) -> Float[Ten
     return torch.cat(grads)
 
 
-def attribution_scores(counterfactual: Counterfactual, *, steps: int = 1, batch_size: int = 16
-                       ) -> Float[Tensor, " n_directions"]:
+def kl_gradient(counterfactual: Counterfactual, *, steps: int = 1, batch_size: int = 16
+                ) -> Float[Tensor, "n seq d"]:
+    """The gradient :func:`attribution_scores` projects: ``d KL(cf || patched) / d x'`` at the clean
+    run (``steps=1``), or averaged over ``x' = x + alpha (x-bar - x)`` at the midpoints
+    ``alpha = (i + 1/2) / steps`` (integrated gradients), per prompt and position.
+
+    It depends on the hook point and the prompts only, not on the dictionary: with every
+    direction and the rest node patched by ``alpha``, any dictionary moves ``x`` by
+    ``alpha (x-bar - x)``. So one gradient serves every dictionary at a hook point (pass it as
+    ``attribution_scores(..., gradient=)``), and its first ``k`` rows serve the first ``k``
+    prompts (each prompt's KL is its own term)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    alphas = [0.0] if steps == 1 else [(i + 0.5) / steps for i in range(steps)]
+    return sum(_kl_gradient(counterfactual, a, batch_size) for a in alphas) / len(alphas)
+
+
+def attribution_scores(counterfactual: Counterfactual, *, steps: int = 1, batch_size: int = 16,
+                       gradient: Float[Tensor, "n seq d"] | None = None) -> Float[Tensor, " n_directions"]:
     """Per direction (the rest node last), the gradient estimate of what patching it alone does to
     the prompts' mean KL(counterfactual || patched): ``mean_prompts sum_positions
     grad_c KL . (c-bar - c)``. Negative: patching the direction brings the run towards the
@@ -483,12 +502,18 @@ def attribution_scores(counterfactual: Counterfactual, *, steps: int = 1, batch_
     ``-KL(cf || clean)`` at residual-stream hook points, where patching everything gives the
     counterfactual run; at an MLP's hook points the rest of the stream stays clean, and on IOI at
     SmolLM2's layer-15 MLP output it was only -0.06 of KL(cf || clean) = 5.3.
+
+    ``gradient``: :func:`kl_gradient` of the same hook point, prompts and ``steps``, computed once
+    for several dictionaries (``steps`` is then not used); its rows must match the prompts.
     """
     cf = counterfactual
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    alphas = [0.0] if steps == 1 else [(i + 0.5) / steps for i in range(steps)]
-    grad = sum(_kl_gradient(cf, a, batch_size) for a in alphas) / len(alphas)  # (n, T, d)
+    if gradient is None:
+        gradient = kl_gradient(cf, steps=steps, batch_size=batch_size)
+    elif tuple(gradient.shape) != (*cf.clean_ids.shape, cf.delta_rest.shape[-1]):
+        raise ValueError(f"gradient of shape {tuple(gradient.shape)} does not fit these prompts "
+                         f"({tuple(cf.clean_ids.shape)}, d={cf.delta_rest.shape[-1]}); compute it with "
+                         "kl_gradient on the same hook point and prompts")
+    grad = gradient.to(cf.delta_rest.device, torch.float32)  # (n, T, d)
     along = grad if cf.directions is None else grad @ cf.directions.to(grad.device).T  # (n, T, m)
     n = grad.shape[0]
     features = (along * cf.delta_c).sum((0, 1)) / n
