@@ -229,6 +229,11 @@ class Batched:
     def __init__(self):
         self.batches = []
         self.inner, self.rule = TokenPatternExplainer(), RuleScorer()
+        self.backend = self  # its own backend, with the backends' usage property
+
+    @property
+    def usage(self):
+        return {"requests": len(self.batches), "cached": 0, "prompt_tokens": 10, "completion_tokens": 2}
 
     def explain_many(self, jobs):
         self.batches.append(len(jobs))
@@ -253,3 +258,6 @@ def test_explainers_and_scorers_with_batch_methods_get_whole_chunks(case):
                             progress=False, write_explanations=False)
     assert result.summary["dictionaries"]["SAE"]["scores"]["batched"]["n"] == 6
     assert max(batched.batches) > 1 and sum(batched.batches) == 2 * 6
+    # the backend's usage is reported once (the explainer and the scorer share it)
+    assert result.summary["usage"] == {"requests": len(batched.batches), "cached": 0, "prompt_tokens": 10,
+                                       "completion_tokens": 2}

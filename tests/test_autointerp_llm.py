@@ -14,8 +14,8 @@ import pytest
 from openai_stub import StubServer, rule_model
 from workbench.autointerp.backends import LocalBackend, OpenAIBackend
 from workbench.autointerp.llm import DetectionScorer, FuzzingScorer, LLMExplainer, SimulationScorer
-from workbench.autointerp.prompts import (ParseError, explainer_messages, highlight, parse_binary_list,
-                                          parse_explanation, parse_simulation)
+from workbench.autointerp.prompts import (ParseError, detection_messages, explainer_messages, fuzzing_messages,
+                                          highlight, parse_binary_list, parse_explanation, parse_simulation)
 from workbench.autointerp.types import Example, Explanation
 
 WORDS = ["the", "a", "sat", "on", "mat", "ran", "big", "red", "and", "then", "up", "down", "tree", "house"]
@@ -67,6 +67,46 @@ def test_parse_explanation_is_tolerant_but_refuses_garbage():
     for garbage in ["I cannot help with that.", "[EXPLANATION]:", "[EXPLANATION]: ...", "", copied]:
         with pytest.raises(ParseError):
             parse_explanation(garbage)
+
+
+def test_a_prefilled_answer_is_continued_and_parsed():
+    """For a backend that continues a final assistant turn (a local model), the explainer starts the
+    answer with "[EXPLANATION]:"; the continuation's first line is the explanation, unless the answer
+    writes its own [EXPLANATION]: line (a chat API that answered the turn anew)."""
+    examples = [Example([" the", " cat"], [0.0, 8.0], True)]
+    messages = explainer_messages(examples, prefill=True)
+    assert messages[-1] == {"role": "assistant", "content": "[EXPLANATION]:"}
+    assert messages[:2] == [explainer_messages(examples)[0], explainer_messages(examples)[-1]]  # no worked example
+    assert parse_explanation(' The word "cat".\n\nExample 3: ...', prefilled=True) == 'The word "cat".'
+    assert parse_explanation(' The word "cat". It fires on', prefilled=True) == 'The word "cat".'
+    assert parse_explanation("\n  Cats\n", prefilled=True) == "Cats"
+    assert parse_explanation("Sure.\n[EXPLANATION]: Cats", prefilled=True) == "Cats"
+    for garbage in ["", " \n ...", " Common idioms, especially cheerful ones."]:
+        with pytest.raises(ParseError):
+            parse_explanation(garbage, prefilled=True)
+    with pytest.raises(ParseError):
+        parse_explanation(' The word "cat".')  # not prefilled: no [EXPLANATION]: line
+    assert LLMExplainer(LocalBackend()).prefill and not LLMExplainer(OpenAIBackend("http://127.0.0.1:9", "m")).prefill
+    assert LLMExplainer(OpenAIBackend("http://127.0.0.1:9", "m"), prefill=True).prefill
+
+
+def test_prefilled_classifier_answers():
+    """A local model's classifier answers are started with "[" and hold one text per prompt: "1]",
+    "0, then chatter" and "1, 0]" parse, offsets in the generated text (for the log-probabilities)."""
+    messages = detection_messages("cats", ["a cat", "a dog"], prefill=True)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"] and messages[-1]["content"] == "["
+    assert fuzzing_messages("cats", ["a <<cat>>"], prefill=True)[-1]["content"] == "["
+    assert parse_binary_list("1]\n\nExample", 1, prefilled=True) == [(1, 0)]
+    assert parse_binary_list(" 0, 1, 1,", 1, prefilled=True) == [(0, 1)]
+    assert parse_binary_list("1, 0]", 2, prefilled=True) == [(1, 0), (0, 3)]
+    assert parse_binary_list("Sure: [0, 1]", 2, prefilled=True) == [(0, 7), (1, 10)]  # answered anew
+    for garbage, n in [("10]", 1), ("yes", 1), ("1, 2, 3]", 3)]:
+        with pytest.raises(ParseError):
+            parse_binary_list(garbage, n, prefilled=True)
+    local = DetectionScorer(LocalBackend())
+    assert local.prefill and local.batch_size == 1 and local.max_tokens == 6
+    remote = FuzzingScorer(OpenAIBackend("http://127.0.0.1:9", "m"))
+    assert not remote.prefill and remote.batch_size == 5 and remote.max_tokens == 50
 
 
 def test_parse_binary_list():
@@ -210,13 +250,14 @@ def test_the_embedded_model_explains_and_scores_a_feature(tmp_path):
     backend = LocalBackend("smollm2-135m", cache_dir=tmp_path / "cache")
     examples = feature_examples(4, length=6)
     found = LLMExplainer(backend, max_examples=2, max_tokens=24, attempts=1).explain(3, examples)
-    assert found.failed or found.text.strip()  # whatever it said, it parsed or is a failure
+    # the answer is prefilled with "[EXPLANATION]:" (no worked example to copy), so it parses
+    assert not found.failed and found.text.strip(), found
     assert found.explainer == "local:smollm2-135m" and found.prompt_tokens > 0
-    scored = found if not found.failed else explanation()
-    # two prompts of two examples, generated as one left-padded batch
-    score = DetectionScorer(backend, batch_size=2, attempts=1, max_tokens=10).score(scored, examples)
-    assert score.scorer == "detection" and score.n + score.failures == 4
-    assert score.failed or (0 <= score.value <= 1 and score.details[0]["probability"] is not None)
-    assert backend.usage["requests"] == 3
+    # four prompts of one example each (prefilled with "["), generated as one left-padded batch
+    score = DetectionScorer(backend, attempts=1).score(found, examples)
+    assert score.scorer == "detection" and score.n == 4 and score.failures == 0
+    assert 0 <= score.value <= 1 and all(d["probability"] is not None for d in score.details)
+    assert "auc" in score.metrics
+    assert backend.usage["requests"] == 5
     LLMExplainer(backend, max_examples=2, max_tokens=24, attempts=1).explain(3, examples)
-    assert backend.usage["requests"] == 3 and backend.usage["cached"] == 1
+    assert backend.usage["requests"] == 5 and backend.usage["cached"] == 1

@@ -9,7 +9,9 @@ local Hugging Face model, both behind a persistent cache, so a re-run of a job m
   4xx fails at once with the server's message.
 * :class:`LocalBackend`: a chat model run by transformers with its chat template, greedy (or
   seeded sampling when a retry asks for a temperature); the top log-probabilities of each
-  generated step come from its logits. ``"smollm2-135m"`` is the embedded model.
+  generated step come from its logits. ``"smollm2-135m"`` is the embedded model. A final
+  assistant message is continued, not answered (``continues_final_message``): a prefilled answer
+  keeps a small model on the format; the completion holds only what was generated.
 
 The cache is a folder with one small JSON file per request, written atomically (concurrent
 writers of the same key write the same answer; a crash leaves no half file). Its key hashes the
@@ -114,6 +116,8 @@ class _CachedBackend:
 
     kind: str = ""
     concurrency: int = 1
+    continues_final_message: bool = False
+    """Whether a final assistant message is continued (prefilled) rather than answered anew."""
 
     def __init__(self, model: str, cache_dir: str | Path | None, prompt_price: float | None,
                  completion_price: float | None) -> None:
@@ -376,6 +380,7 @@ class LocalBackend(_CachedBackend):
     sampled ones (a retry's) one at a time, seeded by the request, so they are reproducible."""
 
     kind = "local"
+    continues_final_message = True
 
     def __init__(self, model: str = "smollm2-135m", *, device: str = "cpu", batch_size: int = 8,
                  cache_dir: str | Path | None = None) -> None:
@@ -433,8 +438,7 @@ class LocalBackend(_CachedBackend):
         first = requests[0]
         with self._generate_lock:  # one generation at a time: the model is shared
             hf, tokenizer = self._load()
-            texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
-                     for r in requests]
+            texts = [self._chat_text(tokenizer, r.messages) for r in requests]
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             sample = first.temperature > 0
             seed = int(hashlib.sha256(json.dumps(asdict(first), sort_keys=True).encode()).hexdigest()[:8], 16)
@@ -463,6 +467,14 @@ class LocalBackend(_CachedBackend):
                     prompt_tokens=int(batch["attention_mask"][row].sum()),
                     completion_tokens=min(n_kept + 1, len(new))))  # the end-of-turn token counts
         return completions
+
+    @staticmethod
+    def _chat_text(tokenizer: Any, messages: list[dict]) -> str:
+        """The prompt text: the chat template with the assistant's turn opened, or, when the last
+        message is the assistant's (a prefilled answer), that turn left open to be continued."""
+        if messages and messages[-1].get("role") == "assistant":
+            return tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     @staticmethod
     def _alternatives(tokenizer: Any, logits: Any, n: int) -> dict[str, float]:

@@ -73,15 +73,17 @@ def _slug(name: str) -> str:
 
 
 def _usage(parts: Sequence[Any]) -> dict[str, float]:
-    """Summed ``backend.usage()`` of the explainer and scorers that have a backend (each backend once)."""
+    """Summed ``backend.usage`` of the explainer and scorers that have a backend (each backend once)."""
     total: dict[str, float] = {}
     seen: set[int] = set()
     for part in parts:
         backend = getattr(part, "backend", None)
-        if backend is None or id(backend) in seen or not callable(getattr(backend, "usage", None)):
+        usage = getattr(backend, "usage", None)
+        usage = usage() if callable(usage) else usage  # a property on the backends here; a method is accepted
+        if not isinstance(usage, dict) or id(backend) in seen:
             continue
         seen.add(id(backend))
-        for key, value in backend.usage().items():
+        for key, value in usage.items():
             total[key] = total.get(key, 0) + value
     return total
 

@@ -90,17 +90,22 @@ def _run(backend: Backend, jobs: list[_Job], *, max_tokens: int, logprobs: int |
 class LLMExplainer:
     """Explains a feature from its activating examples with a chat model (delphi's prompt)."""
 
-    def __init__(self, backend: Backend, *, max_examples: int = 20, threshold: float = 0.3, max_tokens: int = 150,
-                 attempts: int = 3, retry_temperature: float = 0.7, progress: bool = False) -> None:
+    def __init__(self, backend: Backend, *, max_examples: int = 20, threshold: float = 0.3, max_tokens: int | None = None,
+                 attempts: int = 3, retry_temperature: float = 0.7, prefill: bool | None = None,
+                 progress: bool = False) -> None:
         """``max_examples`` activating examples are shown (in the order given); tokens above
-        ``threshold`` times an example's maximum are marked; ``attempts`` requests at most per feature."""
+        ``threshold`` times an example's maximum are marked; ``attempts`` requests at most per feature.
+        ``prefill``: start the answer with ``[EXPLANATION]:`` for the model to continue (default:
+        where the backend continues a final assistant message, i.e. a local model; a chat API
+        would answer it anew). ``max_tokens`` per answer: default 150, or 60 when prefilled (one sentence)."""
         self.backend = backend
         self.name = backend.name
         self.max_examples = max_examples
         self.threshold = threshold
-        self.max_tokens = max_tokens
         self.attempts = attempts
         self.retry_temperature = retry_temperature
+        self.prefill = getattr(backend, "continues_final_message", False) if prefill is None else prefill
+        self.max_tokens = max_tokens if max_tokens is not None else 60 if self.prefill else 150
         self.progress = progress
 
     def explain(self, feature: int, examples: Sequence[Example]) -> Explanation:
@@ -112,8 +117,8 @@ class LLMExplainer:
         for owner, (_, examples) in enumerate(features):
             shown = [e for e in examples if e.label][: self.max_examples]
             if shown:
-                jobs.append(_Job(owner, explainer_messages(shown, threshold=self.threshold),
-                                 lambda answer: parse_explanation(answer.text)))
+                jobs.append(_Job(owner, explainer_messages(shown, threshold=self.threshold, prefill=self.prefill),
+                                 lambda answer: parse_explanation(answer.text, prefilled=self.prefill)))
         _run(self.backend, jobs, max_tokens=self.max_tokens, logprobs=None, attempts=self.attempts,
              temperature=0.0, retry_temperature=self.retry_temperature, progress=self.progress, desc="explain")
         explanations = [Explanation(feature, "", self.name, failed=True) for feature, _ in features]
@@ -180,16 +185,25 @@ class _Classifier:
 
     name = ""
 
-    def __init__(self, backend: Backend, *, batch_size: int = 5, logprobs: int | None = 5, attempts: int = 3,
-                 retry_temperature: float = 0.7, max_tokens: int = 50, seed: int = 0, progress: bool = False) -> None:
-        """``batch_size`` texts per prompt; ``logprobs`` top log-probabilities asked per token (None: none,
-        so no AUC); the texts are shuffled with ``seed`` (and the feature) before batching."""
+    def __init__(self, backend: Backend, *, batch_size: int | None = None, logprobs: int | None = 5,
+                 attempts: int = 3, retry_temperature: float = 0.7, max_tokens: int | None = None, seed: int = 0,
+                 prefill: bool | None = None, progress: bool = False) -> None:
+        """``batch_size`` texts per prompt (default 5, or 1 when prefilled); ``logprobs`` top
+        log-probabilities asked per token (None: none, so no AUC); the texts are shuffled with
+        ``seed`` (and the feature) before batching. ``prefill``: start each answer with ``[`` for
+        the model to continue, without the worked example (default: where the backend continues a
+        final assistant message, i.e. a local model; SmolLM2-135M copies the worked example's
+        answer, and answers one text per prompt, not a list of five). ``max_tokens`` per answer
+        (default 50, or 4 per text plus 2 when prefilled)."""
         self.backend = backend
-        self.batch_size = batch_size
+        self.prefill = getattr(backend, "continues_final_message", False) if prefill is None else prefill
+        self.batch_size = batch_size if batch_size is not None else 1 if self.prefill else 5
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.logprobs = logprobs
         self.attempts = attempts
         self.retry_temperature = retry_temperature
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens if max_tokens is not None else 4 * self.batch_size + 2 if self.prefill else 50
         self.seed = seed
         self.progress = progress
 
@@ -209,7 +223,8 @@ class _Classifier:
             for start in range(0, len(items), self.batch_size):
                 batch = items[start:start + self.batch_size]
                 jobs.append(_Job(owner, self._messages(explanation.text, [text for text, *_ in batch]),
-                                 lambda answer, n=len(batch): (parse_binary_list(answer.text, n), answer),
+                                 lambda answer, n=len(batch): (
+                                     parse_binary_list(answer.text, n, prefilled=self.prefill), answer),
                                  items=batch))
         _run(self.backend, jobs, max_tokens=self.max_tokens, logprobs=self.logprobs, attempts=self.attempts,
              temperature=0.0, retry_temperature=self.retry_temperature, progress=self.progress, desc=self.name)
@@ -263,7 +278,7 @@ class DetectionScorer(_Classifier):
         return [(highlight(e.tokens, []), e.label, e.kind, i) for i, e in enumerate(examples)]
 
     def _messages(self, explanation: str, texts: list[str]) -> list[dict]:
-        return detection_messages(explanation, texts)
+        return detection_messages(explanation, texts, prefill=self.prefill)
 
 
 class FuzzingScorer(_Classifier):
@@ -304,7 +319,7 @@ class FuzzingScorer(_Classifier):
         return items
 
     def _messages(self, explanation: str, texts: list[str]) -> list[dict]:
-        return fuzzing_messages(explanation, texts)
+        return fuzzing_messages(explanation, texts, prefill=self.prefill)
 
 
 class SimulationScorer:

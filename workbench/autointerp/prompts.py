@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from workbench.autointerp.types import Example
 
-__all__ = ["ParseError", "Parsed", "detection_messages", "explainer_messages", "fuzzing_messages", "highlight",
+__all__ = ["EXPLANATION_PREFIX", "LIST_PREFIX", "ParseError", "Parsed", "detection_messages", "explainer_messages", "fuzzing_messages", "highlight",
            "marked_positions", "parse_binary_list", "parse_explanation", "parse_simulation", "shown",
            "simulation_messages", "simulation_tokens"]
 
@@ -93,10 +93,20 @@ _EXPLAINER_SHOT = (
 )
 
 
-def explainer_messages(examples: Sequence[Example], *, threshold: float = 0.3, max_listed: int = 10) -> list[dict]:
+EXPLANATION_PREFIX = "[EXPLANATION]:"
+"""What a prefilled answer starts with (:func:`explainer_messages` with ``prefill=True``)."""
+
+
+def explainer_messages(examples: Sequence[Example], *, threshold: float = 0.3, max_listed: int = 10,
+                       prefill: bool = False) -> list[dict]:
     """The explanation prompt for a feature's activating examples: marked tokens are those above
     ``threshold`` times the example's maximum; activations are scaled to 0-10 by the largest over
-    all the examples; at most ``max_listed`` are listed per example."""
+    all the examples; at most ``max_listed`` are listed per example.
+
+    ``prefill``: end with a partial assistant turn holding :data:`EXPLANATION_PREFIX`, for a
+    backend that continues it (a local model), and leave out the worked example: the prefix fixes
+    the answer's form, and a small model copies the example's answer (SmolLM2-135M did for 7 of 8
+    features); parse the answer with ``parse_explanation(answer, prefilled=True)``."""
     top = max((e.max_activation for e in examples), default=0.0) or 1.0
     lines = []
     for n, example in enumerate(examples, 1):
@@ -105,6 +115,9 @@ def explainer_messages(examples: Sequence[Example], *, threshold: float = 0.3, m
         listed = ", ".join(f'("{shown(example.tokens[i])}", {round(10 * example.activations[i] / top)})'
                            for i in positions[:max_listed])
         lines.append(f"Activations: {listed}")
+    if prefill:
+        return [{"role": "system", "content": EXPLAINER_SYSTEM}, {"role": "user", "content": "\n".join(lines)},
+                {"role": "assistant", "content": EXPLANATION_PREFIX}]
     return [
         {"role": "system", "content": EXPLAINER_SYSTEM},
         {"role": "user", "content": _EXPLAINER_SHOT[0]},
@@ -116,9 +129,17 @@ def explainer_messages(examples: Sequence[Example], *, threshold: float = 0.3, m
 _EXPLANATION = re.compile(r"\[\s*explanation\s*\]\s*\**\s*:?\s*\**(.*)", re.IGNORECASE)
 
 
-def parse_explanation(text: str) -> str:
-    """The explanation on the answer's last ``[EXPLANATION]:`` line (quotes and markup stripped)."""
+def parse_explanation(text: str, *, prefilled: bool = False) -> str:
+    """The explanation on the answer's last ``[EXPLANATION]:`` line (quotes and markup stripped).
+
+    ``prefilled``: the answer continues :data:`EXPLANATION_PREFIX` (:func:`explainer_messages`
+    with ``prefill=True``), so the explanation is the first sentence of its first non-empty line
+    (a small model runs on), unless the answer writes an ``[EXPLANATION]:`` line of its own (a
+    backend that did not continue the prefix)."""
     found = [m.group(1) for line in text.splitlines() if (m := _EXPLANATION.search(line))]
+    if not found and prefilled:
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        found = [re.split(r"(?<=[.!?])\s+(?=[A-Z])", first.strip(), maxsplit=1)[0]]
     if not found:
         raise ParseError(f"no [EXPLANATION]: line in {text[:200]!r}")
     explanation = found[-1].strip().strip("*").strip()
@@ -168,34 +189,58 @@ _FUZZING_SHOT = (
 )
 
 
-def _classifier_messages(system: str, shot: tuple[str, str], explanation: str, texts: Sequence[str]) -> list[dict]:
+LIST_PREFIX = "["
+"""What a prefilled classifier answer starts with (``prefill=True``)."""
+
+
+def _classifier_messages(system: str, shot: tuple[str, str], explanation: str, texts: Sequence[str],
+                         prefill: bool) -> list[dict]:
     listed = "\n".join(f"Example {n}: {text}" for n, text in enumerate(texts, 1))
+    question = {"role": "user", "content": f"Feature explanation: {explanation}\n\nText examples:\n\n{listed}\n\n"
+                                           f"Answer with a list of {len(texts)} numbers, 0 or 1."}
+    if prefill:
+        return [{"role": "system", "content": system}, question, {"role": "assistant", "content": LIST_PREFIX}]
     return [
         {"role": "system", "content": system},
         {"role": "user", "content": shot[0]},
         {"role": "assistant", "content": shot[1]},
-        {"role": "user", "content": f"Feature explanation: {explanation}\n\nText examples:\n\n{listed}\n\n"
-                                    f"Answer with a list of {len(texts)} numbers, 0 or 1."},
+        question,
     ]
 
 
-def detection_messages(explanation: str, texts: Sequence[str]) -> list[dict]:
-    """Does each text have the feature explained? (texts unmarked, one line each: see :func:`shown`)."""
-    return _classifier_messages(DETECTION_SYSTEM, _DETECTION_SHOT, explanation, texts)
+def detection_messages(explanation: str, texts: Sequence[str], *, prefill: bool = False) -> list[dict]:
+    """Does each text have the feature explained? (texts unmarked, one line each: see :func:`shown`).
+    ``prefill``: the answer is started with ``[`` for the model to continue, without the worked
+    example (as :func:`explainer_messages`); parse with ``parse_binary_list(..., prefilled=True)``."""
+    return _classifier_messages(DETECTION_SYSTEM, _DETECTION_SHOT, explanation, texts, prefill)
 
 
-def fuzzing_messages(explanation: str, texts: Sequence[str]) -> list[dict]:
-    """Is the marking of each text right? (texts with ``<< >>`` marks: see :func:`highlight`)."""
-    return _classifier_messages(FUZZING_SYSTEM, _FUZZING_SHOT, explanation, texts)
+def fuzzing_messages(explanation: str, texts: Sequence[str], *, prefill: bool = False) -> list[dict]:
+    """Is the marking of each text right? (texts with ``<< >>`` marks: see :func:`highlight`);
+    ``prefill`` as :func:`detection_messages`."""
+    return _classifier_messages(FUZZING_SYSTEM, _FUZZING_SHOT, explanation, texts, prefill)
 
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 _BARE = re.compile(r"^\s*[01](?:\s*[,; ]\s*[01])*\s*$", re.MULTILINE)
 
 
-def parse_binary_list(text: str, n: int) -> list[Parsed]:
+def parse_binary_list(text: str, n: int, *, prefilled: bool = False) -> list[Parsed]:
     """The ``n`` answers 0/1 of a classifier: the first ``[...]`` list that holds only 0s and 1s
-    (``true``/``false`` accepted), or else a line of bare 0s and 1s."""
+    (``true``/``false`` accepted), or else a line of bare 0s and 1s.
+
+    ``prefilled``: ``text`` continues :data:`LIST_PREFIX`, so ``1, 0]`` is the list ``[1, 0]``;
+    for one example a leading ``1`` or ``0`` is the answer whatever follows (a small model runs
+    on). Offsets stay those of ``text``."""
+    if prefilled:
+        if n == 1 and (lead := re.match(r"\s*([01])(?![0-9])", text)):
+            return [Parsed(int(lead.group(1)), lead.start(1))]
+        try:
+            parsed = parse_binary_list(LIST_PREFIX + text, n)
+        except ParseError:
+            parsed = None
+        if parsed is not None and all(p.offset >= len(LIST_PREFIX) for p in parsed):
+            return [Parsed(p.value, p.offset - len(LIST_PREFIX)) for p in parsed]
     for match in _LIST.finditer(text):
         items = [(m.group(0), match.start(1) + m.start()) for m in re.finditer(r"[^,\s]+", match.group(1))]
         values = [_binary(word) for word, _ in items]
