@@ -18,6 +18,7 @@ from workbench.attribute import (
     log_grid,
     measure_steps,
     prepare_counterfactual,
+    prepare_counterfactuals,
     single_direction_effects,
     top_n_patches,
 )
@@ -183,6 +184,21 @@ def test_attribution_scores_follow_single_direction_effects(model_and_dictionari
     full = counterfactual_patches(counterfactual, torch.ones(1, counterfactual.n_directions, dtype=torch.bool)).kl
     total = float(full.mean() - counterfactual.clean_kl.mean())
     assert float(attribution_scores(counterfactual, steps=10).sum()) == pytest.approx(total, rel=0.05)
+
+
+def test_one_forward_pass_prepares_every_dictionary_and_first_k_is_a_slice(model_and_dictionaries):
+    model, dictionaries = model_and_dictionaries
+    clean, cf = prompts()
+    kinds = ["sae", "pca", "standard"]
+    together = prepare_counterfactuals(model, {k: dictionaries[k][0] for k in kinds}, RESID, clean, cf)
+    for kind in kinds:
+        alone = prepare_counterfactual(model, dictionaries[kind][0], RESID, clean, cf)
+        first = prepare_counterfactual(model, dictionaries[kind][0], RESID, clean[:2], cf[:2])
+        for field in ("residual", "delta_c", "delta_rest", "cf_logprobs", "clean_kl"):
+            torch.testing.assert_close(getattr(together[kind], field), getattr(alone, field))
+            torch.testing.assert_close(getattr(together[kind].first(2), field), getattr(first, field))
+    with pytest.raises(ValueError, match="k must be in 1..4"):
+        together["sae"].first(5)
 
 
 def test_one_gradient_serves_every_dictionary_and_any_first_prompts(model_and_dictionaries):

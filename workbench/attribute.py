@@ -48,7 +48,9 @@ output from the counterfactual (attention beside it stays clean).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -81,6 +83,7 @@ __all__ = [
     "flat_acdc",
     "kl_gradient",
     "prepare_counterfactual",
+    "prepare_counterfactuals",
     "prompt_attribution",
     "single_direction_effects",
 ]
@@ -340,6 +343,14 @@ class Counterfactual:
         moved = weighted if self.directions is None else weighted @ self.directions.to(weighted.device)
         return moved + masks[:, -1, None, None, None] * self.delta_rest[None]
 
+    def first(self, k: int) -> Counterfactual:
+        """The same over the first ``k`` prompts only (views, no forward pass): e.g. a search's
+        trials on a few prompts, then :func:`measure_steps` on all of them."""
+        if not 1 <= k <= self.clean_ids.shape[0]:
+            raise ValueError(f"k must be in 1..{self.clean_ids.shape[0]}, got {k}")
+        return replace(self, clean_ids=self.clean_ids[:k], residual=self.residual[:k], delta_c=self.delta_c[:k],
+                       delta_rest=self.delta_rest[:k], cf_logprobs=self.cf_logprobs[:k], clean_kl=self.clean_kl[:k])
+
     def masks(self, patched: Tensor | list[int] | list[list[int]]) -> Bool[Tensor, "k n_directions"]:
         """Bool masks ``[k, n_directions]`` from a mask, masks, an index list or index lists."""
         if isinstance(patched, Tensor) and patched.dtype == torch.bool:
@@ -381,6 +392,14 @@ def prepare_counterfactual(model: Model, dictionary: Dictionary | None, hookpoin
     """One forward pass over clean and counterfactual prompts together: the stream entering the
     hook point's block, both runs' coefficients in ``dictionary`` (None: the standard basis) and
     the counterfactual's final-position distribution. Prompts must have equal lengths (no padding)."""
+    return prepare_counterfactuals(model, {"": dictionary}, hookpoint, clean_ids, cf_ids)[""]
+
+
+@torch.inference_mode()
+def prepare_counterfactuals(model: Model, dictionaries: Mapping[str, Dictionary | None], hookpoint: str,
+                            clean_ids: Int[Tensor, "n seq"], cf_ids: Int[Tensor, "n seq"]
+                            ) -> dict[str, Counterfactual]:
+    """:func:`prepare_counterfactual` for several dictionaries at one hook point, from one forward pass."""
     from workbench.intervene import activations_and_logits
 
     if clean_ids.shape != cf_ids.shape or clean_ids.ndim != 2:
@@ -392,14 +411,19 @@ def prepare_counterfactual(model: Model, dictionary: Dictionary | None, hookpoin
     names = list(dict.fromkeys([hookpoint, resid]))
     saved, logits = activations_and_logits(model, torch.cat([clean_ids, cf_ids]), names)
     x = saved[hookpoint].float()
-    directions = dictionary_directions(dictionary, x.shape[-1])
-    basis = dictionary_basis(dictionary, x, directions)
     cf_logprobs = torch.log_softmax(logits[n:, -1].float(), dim=-1)
-    return Counterfactual(
-        model=model, hookpoint=hookpoint, layer=layer, clean_ids=clean_ids.to(model.device),
-        residual=saved[resid][:n].clone(), directions=None if directions is None else directions.to(x.device),
-        delta_c=basis.coefficients[n:] - basis.coefficients[:n], delta_rest=basis.rest[n:] - basis.rest[:n],
-        cf_logprobs=cf_logprobs, clean_kl=_kl(cf_logprobs, logits[:n, -1]))
+    clean_kl = _kl(cf_logprobs, logits[:n, -1])
+    residual = saved[resid][:n].clone()
+    prepared = {}
+    for name, dictionary in dictionaries.items():
+        directions = dictionary_directions(dictionary, x.shape[-1])
+        basis = dictionary_basis(dictionary, x, directions)
+        prepared[name] = Counterfactual(
+            model=model, hookpoint=hookpoint, layer=layer, clean_ids=clean_ids.to(model.device), residual=residual,
+            directions=None if directions is None else directions.to(x.device),
+            delta_c=basis.coefficients[n:] - basis.coefficients[:n], delta_rest=basis.rest[n:] - basis.rest[:n],
+            cf_logprobs=cf_logprobs, clean_kl=clean_kl)
+    return prepared
 
 
 @torch.inference_mode()
@@ -550,10 +574,16 @@ class SearchStep(NamedTuple):
     """The patched direction ids (``n_features`` is the rest node)."""
 
 
-def default_taus(counterfactual: Counterfactual, n: int = 9) -> list[float]:
-    """``n`` thresholds from ``1e-4`` to ``1`` times the mean KL(counterfactual || clean), log-spaced."""
+def default_taus(counterfactual: Counterfactual, n: int = 9, smallest: float = 1e-4, largest: float = 1.0
+                 ) -> list[float]:
+    """``n`` thresholds from ``smallest`` to ``largest`` times the mean KL(counterfactual || clean),
+    log-spaced. ACDC's cost is a trial per patched direction and threshold, so the smallest
+    threshold, where nearly every direction stays patched, is the dearest."""
+    if not 0 < smallest < largest or n < 1:
+        raise ValueError(f"need n >= 1 and 0 < smallest < largest, got n={n}, smallest={smallest}, largest={largest}")
     scale = float(counterfactual.clean_kl.mean())
-    return [scale * 10 ** (-4 + 4 * i / max(n - 1, 1)) for i in range(n)]
+    low, high = math.log10(smallest), math.log10(largest)
+    return [scale * 10 ** (low + (high - low) * i / max(n - 1, 1)) for i in range(n)]
 
 
 def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *, seed: int = 0,
@@ -568,10 +598,12 @@ def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *
     need not reach the counterfactual.
 
     Directions that never move cannot change anything and are left out. Candidates are tried in
-    speculative batches of trial un-patches against the current state (``batch_size`` prompt x
-    trial pairs per pass, the batch growing while none is accepted): the first accepted one in
-    visit order is taken and the trials after it are evaluated again, so the result equals the
-    one-at-a-time search.
+    speculative batches (``batch_size`` prompt x trial pairs per pass), betting that the next
+    outcomes repeat the last one: after a kept direction, trial un-patches of the next ones, each
+    against the current state (the first accepted one in visit order is taken); after an
+    un-patched one, the next ones un-patched cumulatively (each is accepted while its own rise in KL
+    stays below ``tau``). A batch grows while its bet holds; the trials after a broken bet are
+    evaluated again, so the result equals the one-at-a-time search.
     """
     cf = counterfactual
     taus = sorted(default_taus(cf) if taus is None else [float(t) for t in taus])
@@ -581,25 +613,34 @@ def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *
     patched[cf.active(rest)] = True
     current = float(counterfactual_patches(cf, patched[None], batch_size=batch_size).kl.mean())
     generator = torch.Generator().manual_seed(seed)
-    steps, chunk = [], 1
+    steps, chunk, removing = [], {False: 1, True: 1}, False  # removing: betting on a run of un-patches
     for tau in taus:
         candidates = torch.nonzero(patched).flatten()
         order = candidates[torch.randperm(len(candidates), generator=generator)].tolist()
         at = 0
         while at < len(order):
-            trial = order[at:at + chunk]
+            trial = order[at:at + chunk[removing]]
             masks = patched.repeat(len(trial), 1)
-            masks[torch.arange(len(trial)), trial] = False
+            for row in range(len(trial)):  # removing: the trials up to this one; else this one alone
+                masks[row, trial[:row + 1] if removing else trial[row]] = False
             kls = counterfactual_patches(cf, masks, batch_size=batch_size).kl.mean(1).tolist()
-            accepted = next((i for i, kl in enumerate(kls) if kl - current < tau), None)
-            if accepted is None:
-                at += len(trial)
-                chunk = min(2 * chunk, largest)
-                continue
-            patched[trial[accepted]] = False
-            current = kls[accepted]
-            at += accepted + 1
-            chunk = max(1, chunk // 2)
+            if removing:
+                held, decided = True, len(trial)
+                for row, kl in enumerate(kls):
+                    if kl - current >= tau:  # kept: the trials before it were un-patched, as bet
+                        held, decided = False, row + 1
+                        break
+                    patched[trial[row]] = False
+                    current = kl
+            else:
+                accepted = next((row for row, kl in enumerate(kls) if kl - current < tau), None)
+                held, decided = accepted is None, len(trial) if accepted is None else accepted + 1
+                if accepted is not None:
+                    patched[trial[accepted]] = False
+                    current = kls[accepted]
+            at += decided
+            chunk[removing] = min(2 * chunk[removing], largest) if held else max(1, chunk[removing] // 2)
+            removing = removing if held else not removing
         final = counterfactual_patches(cf, patched[None], batch_size=batch_size)
         steps.append(SearchStep(tau, int(patched.sum()), float(final.kl.mean()), float(final.edit_size.mean()),
                                 torch.nonzero(patched).flatten().tolist()))
