@@ -20,6 +20,7 @@ from workbench.attribute import (
     prepare_counterfactual,
     prepare_counterfactuals,
     single_direction_effects,
+    top_n_curves,
     top_n_patches,
 )
 from workbench.capture import capture
@@ -244,6 +245,23 @@ def test_flat_acdc(model_and_dictionaries, kind):
     assert [s.patched for s in one_at_a_time] == [s.patched for s in steps]
 
 
+def test_flat_acdc_does_not_repeat_a_trial_in_an_unchanged_state(model_and_dictionaries, monkeypatch):
+    import workbench.attribute as attribute
+
+    model, dictionaries = model_and_dictionaries
+    clean, cf = prompts()
+    counterfactual = prepare_counterfactual(model, dictionaries["pca"][0], RESID, clean, cf)
+    n_active = len(counterfactual.active())
+    masks = []
+    real = attribute.counterfactual_patches
+    monkeypatch.setattr(attribute, "counterfactual_patches",
+                        lambda c, patched, **kw: masks.append(len(c.masks(patched))) or real(c, patched, **kw))
+    steps = flat_acdc(counterfactual, [-1e9, -1e9], seed=3)  # thresholds that un-patch nothing
+    assert [s.n_patched for s in steps] == [n_active, n_active]
+    # the start, a trial per direction, the first step; the second threshold's trials are all known
+    assert sum(masks) == 1 + n_active + 1 + 1
+
+
 def test_flat_acdc_without_the_rest_node(model_and_dictionaries):
     model, dictionaries = model_and_dictionaries
     dictionary, hookpoint = dictionaries["sae"]
@@ -309,3 +327,28 @@ def test_other_families_and_an_sae_at_the_mlp_output(family):
         torch.testing.assert_close(full.patched_logits[0], reference, atol=1e-4, rtol=1e-4)
         none = counterfactual_patches(counterfactual, [[]])
         torch.testing.assert_close(none.kl[0], counterfactual.clean_kl.cpu(), atol=1e-6, rtol=1e-5)
+
+
+def test_top_n_curves_measure_a_shared_patch_once(model_and_dictionaries, monkeypatch):
+    import workbench.attribute as attribute
+
+    model, dictionaries = model_and_dictionaries
+    clean, cf = prompts()
+    counterfactual = prepare_counterfactual(model, dictionaries["pca"][0], RESID, clean, cf)
+    atp, ig = attribution_scores(counterfactual), attribution_scores(counterfactual, steps=4)
+    measured = []
+    real = attribute.counterfactual_patches
+    monkeypatch.setattr(attribute, "counterfactual_patches",
+                        lambda c, masks, **kw: measured.append(len(masks)) or real(c, masks, **kw))
+    curves = top_n_curves(counterfactual, {"atp": atp, "ig": ig, "again": atp})
+    ns = log_grid(len(counterfactual.active()))
+    assert sum(measured) <= len(ns) * 2 - 2  # "again" repeats "atp"; none is the clean run; all is shared
+    assert [s[1:] for s in curves["again"]] == [s[1:] for s in curves["atp"]]  # (tau is NaN at n = 0)
+    monkeypatch.undo()
+    for name, scores in (("atp", atp), ("ig", ig)):
+        alone = top_n_patches(counterfactual, scores)
+        assert [s.patched for s in alone] == [s.patched for s in curves[name]]
+        for a, b in zip(alone, curves[name]):
+            assert a.kl == pytest.approx(b.kl, rel=1e-5) and a.edit_size == pytest.approx(b.edit_size, rel=1e-5)
+    assert curves["atp"][0].kl == pytest.approx(float(counterfactual.clean_kl.mean()))
+    assert curves["atp"][0].edit_size == 0

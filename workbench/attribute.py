@@ -86,6 +86,8 @@ __all__ = [
     "prepare_counterfactuals",
     "prompt_attribution",
     "single_direction_effects",
+    "top_n_curves",
+    "top_n_patches",
 ]
 
 EMBEDDING = "blocks.0.hook_resid_pre"
@@ -603,7 +605,9 @@ def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *
     against the current state (the first accepted one in visit order is taken); after an
     un-patched one, the next ones un-patched cumulatively (each is accepted while its own rise in KL
     stays below ``tau``). A batch grows while its bet holds; the trials after a broken bet are
-    evaluated again, so the result equals the one-at-a-time search.
+    evaluated again, so the result equals the one-at-a-time search. A trial measured since the
+    last un-patch (at this threshold or the one before) is not run again: the state it was measured
+    in has not changed, so its KL is known.
     """
     cf = counterfactual
     taus = sorted(default_taus(cf) if taus is None else [float(t) for t in taus])
@@ -614,11 +618,21 @@ def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *
     current = float(counterfactual_patches(cf, patched[None], batch_size=batch_size).kl.mean())
     generator = torch.Generator().manual_seed(seed)
     steps, chunk, removing = [], {False: 1, True: 1}, False  # removing: betting on a run of un-patches
+    known: dict[int, float] = {}  # KL with one more direction un-patched, measured in the current state
     for tau in taus:
         candidates = torch.nonzero(patched).flatten()
         order = candidates[torch.randperm(len(candidates), generator=generator)].tolist()
         at = 0
         while at < len(order):
+            if order[at] in known:  # measured since the last un-patch (e.g. at the previous tau): decided free
+                kl = known[order[at]]
+                removing = kl - current < tau
+                if removing:
+                    patched[order[at]] = False
+                    current = kl
+                    known.clear()
+                at += 1
+                continue
             trial = order[at:at + chunk[removing]]
             masks = patched.repeat(len(trial), 1)
             for row in range(len(trial)):  # removing: the trials up to this one; else this one alone
@@ -629,15 +643,20 @@ def flat_acdc(counterfactual: Counterfactual, taus: list[float] | None = None, *
                 for row, kl in enumerate(kls):
                     if kl - current >= tau:  # kept: the trials before it were un-patched, as bet
                         held, decided = False, row + 1
+                        known[trial[row]] = kl
                         break
                     patched[trial[row]] = False
                     current = kl
+                    known.clear()
             else:
                 accepted = next((row for row, kl in enumerate(kls) if kl - current < tau), None)
                 held, decided = accepted is None, len(trial) if accepted is None else accepted + 1
-                if accepted is not None:
+                if accepted is None:
+                    known.update(zip(trial, kls))
+                else:
                     patched[trial[accepted]] = False
                     current = kls[accepted]
+                    known.clear()
             at += decided
             chunk[removing] = min(2 * chunk[removing], largest) if held else max(1, chunk[removing] // 2)
             removing = removing if held else not removing
@@ -664,17 +683,37 @@ def top_n_patches(counterfactual: Counterfactual, scores: Float[Tensor, " n_dire
     bring the run closest to the counterfactual), for each ``n`` in ``ns`` (default
     :func:`log_grid` over the active directions), and measure KL and edit size.
     ``SearchStep.tau`` is the score of the last direction patched (NaN for ``n = 0``)."""
+    return top_n_curves(counterfactual, {"": scores}, ns, batch_size=batch_size, rest=rest)[""]
+
+
+def top_n_curves(counterfactual: Counterfactual, scores: Mapping[str, Float[Tensor, " n_directions"]],
+                 ns: list[int] | None = None, *, batch_size: int = 64, rest: bool = True
+                 ) -> dict[str, list[SearchStep]]:
+    """:func:`top_n_patches` for several rankings (e.g. attribution patching and integrated
+    gradients) at once: a patch two rankings share (the same top ``n`` set, always so for none and
+    all) is measured once, and patching nothing is the clean run (no forward pass)."""
     cf = counterfactual
     active = cf.active(rest)
-    ranked = active[torch.argsort(scores[active], stable=True)]
-    ns = log_grid(len(ranked)) if ns is None else sorted({min(int(n), len(ranked)) for n in ns})
-    masks = torch.zeros(len(ns), cf.n_directions, dtype=torch.bool)
-    for row, n in enumerate(ns):
-        masks[row, ranked[:n]] = True
-    result = counterfactual_patches(cf, masks, batch_size=batch_size)
-    return [SearchStep(float(scores[ranked[n - 1]]) if n else float("nan"), n, float(result.kl[row].mean()),
-                       float(result.edit_size[row].mean()), ranked[:n].tolist())
-            for row, n in enumerate(ns)]
+    ranked = {name: active[torch.argsort(s[active], stable=True)] for name, s in scores.items()}
+    ns = log_grid(len(active)) if ns is None else sorted({min(int(n), len(active)) for n in ns})
+    masks = torch.zeros(len(ranked) * len(ns), cf.n_directions, dtype=torch.bool)
+    for i, order in enumerate(ranked.values()):
+        for j, n in enumerate(ns):
+            masks[i * len(ns) + j, order[:n]] = True
+    unique, inverse = torch.unique(masks, dim=0, return_inverse=True)
+    kl = torch.empty(len(unique))
+    size = torch.zeros(len(unique))
+    empty = ~unique.any(1)
+    kl[empty] = float(cf.clean_kl.mean())
+    if (~empty).any():
+        result = counterfactual_patches(cf, unique[~empty], batch_size=batch_size)
+        kl[~empty], size[~empty] = result.kl.mean(1), result.edit_size.mean(1)
+    curves = {}
+    for i, (name, order) in enumerate(ranked.items()):
+        rows = inverse[i * len(ns):(i + 1) * len(ns)]
+        curves[name] = [SearchStep(float(scores[name][order[n - 1]]) if n else float("nan"), n, float(kl[row]),
+                                   float(size[row]), order[:n].tolist()) for n, row in zip(ns, rows.tolist())]
+    return curves
 
 
 def measure_steps(counterfactual: Counterfactual, steps: list[SearchStep], *, batch_size: int = 64
