@@ -66,3 +66,19 @@ def test_autointerp_notebook_cards_show_the_explanations(autointerp_notebook):
     assert all(WIDGET_VIEW in o["data"] for o in found if 'class="wf-card"' in "".join(o.get("data", {}).get("text/html", "")))
     executed = autointerp_notebook.path.read_text()
     assert len(executed) < 1_000_000 and "widgets" not in json.loads(executed)["metadata"]
+
+
+@pytest.mark.slow
+def test_autointerp_notebook_with_the_embedded_model_as_explainer_and_scorer(tmp_path_factory):
+    """backend="local": SmolLM2-135M-Instruct explains and scores (detection) one feature per dictionary,
+    end to end in the notebook, its answers prefilled so that they parse."""
+    executed = _run_notebook(tmp_path_factory, "05_autointerp",
+                             {**AUTOINTERP_SMALL, "backend": "local", "llm_scorers": ["detection"], "n_features": 1})
+    summary = executed.results["summary"]
+    assert summary["explainer"] == "local:smollm2-135m" and summary["scorers"] == ["detection"]
+    assert summary["usage"]["requests"] > 0 and summary["tokens"]["prompt"] > 0 and summary["tokens"]["completion"] > 0
+    explained = [row for rows in executed.results["explanations"].values() for row in rows]
+    assert explained and all(text for _, text, _ in explained)  # every explanation parsed
+    detection = summary["dictionaries"]["SAE"]["scores"]["detection"]
+    assert detection["n"] == 1 and detection["failures"] == 0 and 0 <= detection["mean"] <= 1
+    assert "auc" in detection["metrics"]

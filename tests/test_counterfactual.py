@@ -352,3 +352,26 @@ def test_top_n_curves_measure_a_shared_patch_once(model_and_dictionaries, monkey
             assert a.kl == pytest.approx(b.kl, rel=1e-5) and a.edit_size == pytest.approx(b.edit_size, rel=1e-5)
     assert curves["atp"][0].kl == pytest.approx(float(counterfactual.clean_kl.mean()))
     assert curves["atp"][0].edit_size == 0
+
+
+def test_top_n_curves_bisect_to_the_target(model_and_dictionaries):
+    model, dictionaries = model_and_dictionaries
+    clean, cf = prompts()
+    counterfactual = prepare_counterfactual(model, dictionaries["random_overcomplete"][0], RESID, clean, cf)
+    scores = attribution_scores(counterfactual)
+    n_active = len(counterfactual.active())
+    coarse = log_grid(n_active, per_octave=1)
+    target = 0.5 * float(counterfactual.clean_kl.mean())
+    plain = top_n_curves(counterfactual, {"atp": scores}, coarse)["atp"]
+    refined = top_n_curves(counterfactual, {"atp": scores}, coarse, target=target, resolution=0.0)["atp"]
+    assert {s.n_patched for s in plain} <= {s.n_patched for s in refined}
+    assert [s.n_patched for s in refined] == sorted(s.n_patched for s in refined)
+    best = first_below(refined, target)
+    assert best is not None
+    before = [s for s in refined if s.n_patched < best.n_patched]
+    # resolution 0: bisected down to neighbours, so the step just before the first one at the target is above it
+    assert before[-1].n_patched == best.n_patched - 1 and before[-1].kl > target
+    assert best.n_patched <= first_below(plain, target).n_patched
+    for step in refined:  # what each step reports is what its patch does
+        assert step.kl == pytest.approx(float(counterfactual_patches(counterfactual, [step.patched]).kl.mean()),
+                                        rel=1e-4, abs=1e-7)

@@ -496,7 +496,7 @@ def _kl_gradient(cf: Counterfactual, alpha: float, batch_size: int) -> Float[Ten
     return torch.cat(grads)
 
 
-def kl_gradient(counterfactual: Counterfactual, *, steps: int = 1, batch_size: int = 16
+def kl_gradient(counterfactual: Counterfactual, *, steps: int = 1, batch_size: int = 64
                 ) -> Float[Tensor, "n seq d"]:
     """The gradient :func:`attribution_scores` projects: ``d KL(cf || patched) / d x'`` at the clean
     run (``steps=1``), or averaged over ``x' = x + alpha (x-bar - x)`` at the midpoints
@@ -513,7 +513,7 @@ def kl_gradient(counterfactual: Counterfactual, *, steps: int = 1, batch_size: i
     return sum(_kl_gradient(counterfactual, a, batch_size) for a in alphas) / len(alphas)
 
 
-def attribution_scores(counterfactual: Counterfactual, *, steps: int = 1, batch_size: int = 16,
+def attribution_scores(counterfactual: Counterfactual, *, steps: int = 1, batch_size: int = 64,
                        gradient: Float[Tensor, "n seq d"] | None = None) -> Float[Tensor, " n_directions"]:
     """Per direction (the rest node last), the gradient estimate of what patching it alone does to
     the prompts' mean KL(counterfactual || patched): ``mean_prompts sum_positions
@@ -687,32 +687,53 @@ def top_n_patches(counterfactual: Counterfactual, scores: Float[Tensor, " n_dire
 
 
 def top_n_curves(counterfactual: Counterfactual, scores: Mapping[str, Float[Tensor, " n_directions"]],
-                 ns: list[int] | None = None, *, batch_size: int = 64, rest: bool = True
-                 ) -> dict[str, list[SearchStep]]:
+                 ns: list[int] | None = None, *, batch_size: int = 64, rest: bool = True,
+                 target: float | None = None, resolution: float = 0.125) -> dict[str, list[SearchStep]]:
     """:func:`top_n_patches` for several rankings (e.g. attribution patching and integrated
     gradients) at once: a patch two rankings share (the same top ``n`` set, always so for none and
-    all) is measured once, and patching nothing is the clean run (no forward pass)."""
+    all) is measured once, and patching nothing is the clean run (no forward pass).
+
+    ``target``: a mean KL to reach. Where a ranking's curve crosses it between two ``n`` of the
+    grid (KL above the target at the smaller, at or below it at the larger), the gap is bisected
+    until it is at most ``resolution`` times the smaller ``n`` (or 1): the fewest directions that
+    reach the target, to that precision, from a coarse grid and a few more patched passes."""
     cf = counterfactual
     active = cf.active(rest)
     ranked = {name: active[torch.argsort(s[active], stable=True)] for name, s in scores.items()}
     ns = log_grid(len(active)) if ns is None else sorted({min(int(n), len(active)) for n in ns})
-    masks = torch.zeros(len(ranked) * len(ns), cf.n_directions, dtype=torch.bool)
-    for i, order in enumerate(ranked.values()):
-        for j, n in enumerate(ns):
-            masks[i * len(ns) + j, order[:n]] = True
-    unique, inverse = torch.unique(masks, dim=0, return_inverse=True)
-    kl = torch.empty(len(unique))
-    size = torch.zeros(len(unique))
-    empty = ~unique.any(1)
-    kl[empty] = float(cf.clean_kl.mean())
-    if (~empty).any():
-        result = counterfactual_patches(cf, unique[~empty], batch_size=batch_size)
-        kl[~empty], size[~empty] = result.kl.mean(1), result.edit_size.mean(1)
+    measured: dict[tuple[str, int], tuple[float, float]] = {}
+
+    def measure(wanted: list[tuple[str, int]]) -> None:
+        masks = torch.zeros(len(wanted), cf.n_directions, dtype=torch.bool)
+        for row, (name, n) in enumerate(wanted):
+            masks[row, ranked[name][:n]] = True
+        unique, inverse = torch.unique(masks, dim=0, return_inverse=True)
+        kl, size = torch.full((len(unique),), float(cf.clean_kl.mean())), torch.zeros(len(unique))
+        moved = unique.any(1)
+        if moved.any():
+            result = counterfactual_patches(cf, unique[moved], batch_size=batch_size)
+            kl[moved], size[moved] = result.kl.mean(1), result.edit_size.mean(1)
+        for key, row in zip(wanted, inverse.tolist()):
+            measured[key] = (float(kl[row]), float(size[row]))
+
+    measure([(name, n) for name in ranked for n in ns])
+    while target is not None:
+        wanted = []
+        for name in ranked:
+            done = sorted(n for key, n in measured if key == name)
+            for low, high in zip(done, done[1:]):
+                if measured[(name, low)][0] > target >= measured[(name, high)][0]:
+                    if high - low > max(1.0, resolution * low):
+                        wanted.append((name, (low + high) // 2))
+                    break
+        if not wanted:
+            break
+        measure(wanted)
     curves = {}
-    for i, (name, order) in enumerate(ranked.items()):
-        rows = inverse[i * len(ns):(i + 1) * len(ns)]
-        curves[name] = [SearchStep(float(scores[name][order[n - 1]]) if n else float("nan"), n, float(kl[row]),
-                                   float(size[row]), order[:n].tolist()) for n, row in zip(ns, rows.tolist())]
+    for name, order in ranked.items():
+        done = sorted(n for key, n in measured if key == name)
+        curves[name] = [SearchStep(float(scores[name][order[n - 1]]) if n else float("nan"), n,
+                                   *measured[(name, n)], order[:n].tolist()) for n in done]
     return curves
 
 
