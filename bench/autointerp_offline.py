@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     if args.phase == "with_stats":
         stats = feature_stats(sae, store, progress=False)
+        if args.save_stats:
+            stats.save(Path(args.sae) / "feature_stats")
+            return {}
     else:
         stats = FeatureStats.load(Path(args.sae) / "feature_stats")
     stats_seconds = time.perf_counter() - start
@@ -73,10 +76,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--phase", choices=["precomputed", "with_stats"], help="run one phase in this process")
+    parser.add_argument("--save-stats", action="store_true", help="with_stats: save them under SAE/feature_stats")
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(run(args)), flush=True)
         return
+    if not (Path(args.sae) / "feature_stats" / "feature_stats.json").exists():
+        # the quickstart does not save them (notebook 02 and `workbench features` do): compute them once,
+        # untimed, so that the first figure has its precomputed statistics
+        print(f"no {args.sae}/feature_stats yet: computing them once (not timed)", flush=True)
+        subprocess.run([sys.executable, __file__, "--phase", "with_stats", "--save-stats", *sys.argv[1:]],
+                       check=True, stdout=subprocess.DEVNULL)
     for phase in ("precomputed", "with_stats"):
         command = [sys.executable, __file__, "--phase", phase, *sys.argv[1:]]
         subprocess.run(command, check=True)
