@@ -701,7 +701,7 @@ def top_n_curves(counterfactual: Counterfactual, scores: Mapping[str, Float[Tens
     active = cf.active(rest)
     ranked = {name: active[torch.argsort(s[active], stable=True)] for name, s in scores.items()}
     ns = log_grid(len(active)) if ns is None else sorted({min(int(n), len(active)) for n in ns})
-    measured: dict[tuple[str, int], tuple[float, float]] = {}
+    measured: dict[str, dict[int, tuple[float, float]]] = {name: {} for name in ranked}  # n -> (KL, edit size)
 
     def measure(wanted: list[tuple[str, int]]) -> None:
         masks = torch.zeros(len(wanted), cf.n_directions, dtype=torch.bool)
@@ -713,16 +713,16 @@ def top_n_curves(counterfactual: Counterfactual, scores: Mapping[str, Float[Tens
         if moved.any():
             result = counterfactual_patches(cf, unique[moved], batch_size=batch_size)
             kl[moved], size[moved] = result.kl.mean(1), result.edit_size.mean(1)
-        for key, row in zip(wanted, inverse.tolist()):
-            measured[key] = (float(kl[row]), float(size[row]))
+        for (name, n), row in zip(wanted, inverse.tolist()):
+            measured[name][n] = (float(kl[row]), float(size[row]))
 
     measure([(name, n) for name in ranked for n in ns])
     while target is not None:
         wanted = []
-        for name in ranked:
-            done = sorted(n for key, n in measured if key == name)
+        for name, curve in measured.items():
+            done = sorted(curve)
             for low, high in zip(done, done[1:]):
-                if measured[(name, low)][0] > target >= measured[(name, high)][0]:
+                if curve[low][0] > target >= curve[high][0]:
                     if high - low > max(1.0, resolution * low):
                         wanted.append((name, (low + high) // 2))
                     break
@@ -731,9 +731,8 @@ def top_n_curves(counterfactual: Counterfactual, scores: Mapping[str, Float[Tens
         measure(wanted)
     curves = {}
     for name, order in ranked.items():
-        done = sorted(n for key, n in measured if key == name)
         curves[name] = [SearchStep(float(scores[name][order[n - 1]]) if n else float("nan"), n,
-                                   *measured[(name, n)], order[:n].tolist()) for n in done]
+                                   *measured[name][n], order[:n].tolist()) for n in sorted(measured[name])]
     return curves
 
 

@@ -78,12 +78,10 @@ def _usage(parts: Sequence[Any]) -> dict[str, float]:
     seen: set[int] = set()
     for part in parts:
         backend = getattr(part, "backend", None)
-        usage = getattr(backend, "usage", None)
-        usage = usage() if callable(usage) else usage  # a property on the backends here; a method is accepted
-        if not isinstance(usage, dict) or id(backend) in seen:
+        if backend is None or id(backend) in seen:
             continue
         seen.add(id(backend))
-        for key, value in usage.items():
+        for key, value in backend.usage.items():
             total[key] = total.get(key, 0) + value
     return total
 

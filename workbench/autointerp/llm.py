@@ -87,6 +87,11 @@ def _run(backend: Backend, jobs: list[_Job], *, max_tokens: int, logprobs: int |
         pending = failed
 
 
+def _prefills(backend: Backend, prefill: bool | None) -> bool:
+    """``prefill``, or by default whether the backend continues a final assistant message (a local model)."""
+    return getattr(backend, "continues_final_message", False) if prefill is None else prefill
+
+
 class LLMExplainer:
     """Explains a feature from its activating examples with a chat model (delphi's prompt)."""
 
@@ -104,7 +109,7 @@ class LLMExplainer:
         self.threshold = threshold
         self.attempts = attempts
         self.retry_temperature = retry_temperature
-        self.prefill = getattr(backend, "continues_final_message", False) if prefill is None else prefill
+        self.prefill = _prefills(backend, prefill)
         self.max_tokens = max_tokens if max_tokens is not None else 60 if self.prefill else 150
         self.progress = progress
 
@@ -196,7 +201,7 @@ class _Classifier:
         answer, and answers one text per prompt, not a list of five). ``max_tokens`` per answer
         (default 50, or 4 per text plus 2 when prefilled)."""
         self.backend = backend
-        self.prefill = getattr(backend, "continues_final_message", False) if prefill is None else prefill
+        self.prefill = _prefills(backend, prefill)
         self.batch_size = batch_size if batch_size is not None else 1 if self.prefill else 5
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
